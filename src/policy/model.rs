@@ -1,0 +1,168 @@
+//! Typed, validated policy: what the rest of ekko reads after `policy::load`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use super::template::{PathPattern, Template};
+
+/// A validated policy. Every optional key has its default filled in.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Public listener for producers (`listen`, default `0.0.0.0:8080`).
+    pub listen: SocketAddr,
+    /// Admin listener for `/metrics`, `/healthz`, `/readyz` (`admin_listen`, default `127.0.0.1:9090`).
+    pub admin_listen: SocketAddr,
+    /// Time that in-flight requests get to finish after SIGTERM (`shutdown_grace`, default 30 s).
+    pub shutdown_grace: Duration,
+    /// Fingerprint table limits and snapshot settings.
+    pub state: StateConfig,
+    /// Named upstreams, referenced by routes.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Notification routes in policy order; the first match wins.
+    pub notifications: Vec<NotificationRoute>,
+}
+
+/// The `state` section.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Maximum number of entities whose last forwarded fingerprint is kept (default 1,000,000).
+    pub max_entities: usize,
+    /// Maximum number of remembered event ids for duplicate detection (default 1,000,000).
+    pub max_event_ids: usize,
+    /// Snapshot file; `None` keeps state in memory only.
+    pub snapshot: Option<PathBuf>,
+    /// Period between snapshot writes (default 60 s).
+    pub snapshot_interval: Duration,
+}
+
+/// One entry of `upstreams`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The upstream's name in the policy.
+    pub name: String,
+    /// Scheme `http`, host and port; the path prefix is in `base_path`.
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash, empty for `/`.
+    pub base_path: String,
+    /// Whole-request timeout (default 5 s).
+    pub timeout: Duration,
+    /// TCP connect timeout (default 2 s).
+    pub connect_timeout: Duration,
+    /// Headers that ekko adds to its own requests (its credential); never logged.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Envelope format of a notification route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// CloudEvents HTTP binding 1.0: structured, binary and batch mode.
+    CloudEvents,
+    /// RabbitMQ management API publish body; the payload is a CloudEvent or JSON.
+    RabbitmqPublish(Pointers),
+    /// Any JSON body; pointers name the fields.
+    Json(Pointers),
+}
+
+/// JSON pointers (RFC 6901) that name a notification's fields inside a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pointers {
+    /// Event id, used for duplicate detection.
+    pub id: Option<String>,
+    /// Producing system.
+    pub source: Option<String>,
+    /// Event type.
+    pub kind: Option<String>,
+    /// Entity id within the source.
+    pub subject: Option<String>,
+    /// The entity state used by `fingerprint: payload`; `None` means the whole document.
+    pub data: Option<String>,
+}
+
+/// What ekko does with a body that cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUndecodable {
+    /// Answer 400 with a JSON error body (the default).
+    Reject,
+    /// Forward it unchanged and count it.
+    Forward,
+}
+
+/// Whether a route acts on its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    /// Suppress what is duplicate or unchanged (the default).
+    Enforce,
+    /// Forward everything but report the decision that enforce mode would make.
+    Shadow,
+}
+
+/// Where the state that is fingerprinted comes from.
+#[derive(Debug, Clone)]
+pub enum FingerprintSource {
+    /// The notification's own data.
+    Payload,
+    /// A GET of the entity from a source API.
+    Lookup {
+        /// Upstream name.
+        upstream: String,
+        /// Path template; values are percent-encoded as one segment each.
+        path: Template,
+    },
+    /// No state: every notification that is not a duplicate is forwarded.
+    None,
+}
+
+/// The `fingerprint` section of a notification route.
+#[derive(Debug, Clone)]
+pub struct FingerprintSpec {
+    /// Where the state comes from.
+    pub source: FingerprintSource,
+    /// JSON pointers removed before hashing; `*` matches every array element or object member.
+    pub ignore: Vec<String>,
+}
+
+/// The answer to a suppressed notification.
+#[derive(Debug, Clone)]
+pub struct SuppressedResponse {
+    /// Status code (default 202).
+    pub status: StatusCode,
+    /// Fixed body; `None` gives a JSON body naming decision and entity.
+    pub body: Option<String>,
+    /// Content type of a fixed body (default `application/json`).
+    pub content_type: String,
+}
+
+/// One entry of `notifications`.
+#[derive(Debug, Clone)]
+pub struct NotificationRoute {
+    /// Route name, used as a metric label.
+    pub name: String,
+    /// HTTP method to match (default POST).
+    pub method: Method,
+    /// Path pattern; `{name}` captures one segment.
+    pub path: PathPattern,
+    /// Upstream that receives forwarded notifications.
+    pub upstream: String,
+    /// Envelope format.
+    pub format: Format,
+    /// Entity key template.
+    pub entity: Template,
+    /// Fingerprint settings.
+    pub fingerprint: FingerprintSpec,
+    /// Window in which a repeated source+id is a duplicate (default 5 m; zero disables).
+    pub duplicate_window: Duration,
+    /// Maximum request body in bytes (default 1 MiB).
+    pub max_body: usize,
+    /// Handling of bodies that cannot be decoded.
+    pub on_undecodable: OnUndecodable,
+    /// Enforce or shadow.
+    pub mode: RouteMode,
+    /// Response to suppressed notifications.
+    pub suppressed_response: SuppressedResponse,
+    /// Maximum time a notification waits for an earlier one of the same entity (default 10 s).
+    pub max_entity_wait: Duration,
+}

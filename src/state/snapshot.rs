@@ -1,0 +1,14 @@
+//! Snapshot file: checksummed, written through a temporary file and rename.
+
+/// Why a snapshot could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// File system error.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The snapshot path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
