@@ -1,5 +1,11 @@
 //! ekko: a notification gateway that forwards only real changes.
 
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod server;
 pub mod state;
+pub mod upstream;

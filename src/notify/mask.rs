@@ -23,6 +23,11 @@ impl Mask {
         todo!("mask")
     }
 
+    /// Digest of the compiled pointers.
+    pub fn spec_hash(&self) -> u64 {
+        todo!("mask")
+    }
+
     /// Removes every matching field and returns the concrete pointers removed, in document order.
     pub fn apply(&self, value: &mut Value) -> Vec<String> {
         let _ = value;

@@ -1,6 +1,392 @@
 //! Producer path: decode the notification, fingerprint the entity, decide, forward, commit.
 
 pub mod canonical;
+mod decide;
 pub mod envelope;
 pub mod fingerprint;
+mod forward;
+mod locks;
 pub mod mask;
+mod reply;
+pub mod route;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use tokio::time::Instant;
+
+pub use decide::{Decision, Verdict, LOOKUP_BODY_LIMIT};
+pub use reply::{json_response, NotifyError, DECISION_HEADER};
+
+use crate::metrics::{DecisionLabels, Metrics, RouteLabels};
+use crate::policy::{OnUndecodable, Policy, UpstreamConfig};
+use crate::state::StateStore;
+use crate::upstream::UpstreamClient;
+use decide::Pending;
+use envelope::{Decoded, Event};
+use locks::EntityLocks;
+use route::{CompiledRoute, Matched, RouteMatch};
+
+/// Maximum length of an entity key in bytes; longer keys are rejected with 400.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Time a producer gets to send the whole request body (30 s); then 408.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Wall-clock milliseconds that follow Tokio's clock, so paused-time tests can move
+/// duplicate windows and snapshot ages forward.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    wall_ms_at_start: u64,
+    start: Instant,
+}
+
+impl Clock {
+    /// Starts a clock at the current wall-clock time.
+    pub fn new() -> Self {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            wall_ms_at_start: wall.as_millis() as u64,
+            start: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.wall_ms_at_start + self.start.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The notification handler: owns the compiled routes and shares state and metrics.
+pub struct Gateway {
+    routes: Vec<CompiledRoute>,
+    upstreams: BTreeMap<String, UpstreamConfig>,
+    client: UpstreamClient,
+    state: Arc<StateStore>,
+    metrics: Arc<Metrics>,
+    locks: EntityLocks,
+    clock: Clock,
+}
+
+impl Gateway {
+    /// Compiles the policy's routes; fails only on a mask that validation should have caught.
+    pub fn new(
+        policy: &Policy,
+        state: Arc<StateStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, mask::MaskError> {
+        let routes = policy
+            .notifications
+            .iter()
+            .cloned()
+            .map(CompiledRoute::compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        let connect_timeout = policy
+            .upstreams
+            .values()
+            .map(|u| u.connect_timeout)
+            .min()
+            .unwrap_or(Duration::from_secs(2));
+        Ok(Self {
+            routes,
+            upstreams: policy.upstreams.clone(),
+            client: UpstreamClient::new(connect_timeout, metrics.clone()),
+            state,
+            metrics,
+            locks: EntityLocks::default(),
+            clock: Clock::new(),
+        })
+    }
+
+    /// Handles one producer request and returns the response; never fails.
+    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let arrived = Instant::now();
+        let (parts, body) = request.into_parts();
+        let matched = match route::find(&self.routes, &parts.method, parts.uri.path()) {
+            RouteMatch::Found(matched) => matched,
+            RouteMatch::WrongMethod(allowed) => {
+                let allowed = allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return NotifyError::WrongMethod {
+                    method: parts.method,
+                    allowed,
+                }
+                .into_response();
+            }
+            RouteMatch::NotFound => {
+                return NotifyError::NoRoute {
+                    method: parts.method,
+                    path: parts.uri.path().to_owned(),
+                }
+                .into_response();
+            }
+        };
+        let route_name = matched.route.route.name.clone();
+
+        let response = match self
+            .handle_matched(&matched, &parts, body, peer, arrived)
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                let decision = match error {
+                    NotifyError::Upstream(_) => "upstream_error",
+                    NotifyError::EntityBusy => "busy",
+                    NotifyError::Internal(_) => "internal_error",
+                    _ => "rejected",
+                };
+                match &error {
+                    NotifyError::Internal(detail) => {
+                        tracing::error!(route = %route_name, detail, "internal error")
+                    }
+                    _ => tracing::debug!(route = %route_name, %error, "notification not handled"),
+                }
+                self.count(&route_name, decision, 1);
+                error.into_response()
+            }
+        };
+        self.metrics
+            .notification_duration
+            .get_or_create(&RouteLabels { route: route_name })
+            .observe(arrived.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn handle_matched<B>(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        body: B,
+        peer: SocketAddr,
+        arrived: Instant,
+    ) -> Result<Response<Full<Bytes>>, NotifyError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        reject_dot_segments(parts.uri.path())?;
+        let route = &matched.route.route;
+        let body = read_body(body, parts, route.max_body).await?;
+
+        let decoded = envelope::decode(&route.format, &parts.headers, &body);
+        let result = match decoded {
+            Ok(Decoded::Single(event)) => {
+                self.single(matched, parts, body.clone(), event, peer, arrived)
+                    .await
+            }
+            Ok(Decoded::Batch(events)) => self.batch(matched, parts, events, peer, arrived).await,
+            Err(error) => Err(NotifyError::Undecodable(error.0)),
+        };
+        match result {
+            Err(error @ (NotifyError::Undecodable(_) | NotifyError::MissingField { .. }))
+                if route.on_undecodable == OnUndecodable::Forward =>
+            {
+                tracing::debug!(route = %route.name, %error, "forwarding an undecodable notification");
+                self.count_fail_open(&route.name, "undecodable");
+                self.pass_through(matched, parts, body, peer).await
+            }
+            other => other,
+        }
+    }
+
+    /// Builds the entity key from the route's template.
+    fn entity_key(&self, matched: &Matched<'_>, event: &Event) -> Result<String, NotifyError> {
+        let template = &matched.route.route.entity;
+        let key = template
+            .render_key(|name| decide::field(matched, event, name))
+            .map_err(|field| NotifyError::MissingField {
+                field,
+                template: template.to_string(),
+            })?;
+        if key.len() > MAX_KEY_BYTES {
+            return Err(NotifyError::KeyTooLong {
+                length: key.len(),
+                limit: MAX_KEY_BYTES,
+            });
+        }
+        Ok(key)
+    }
+
+    /// Decides and handles a notification that names one entity.
+    async fn single(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        body: Bytes,
+        event: Event,
+        peer: SocketAddr,
+        arrived: Instant,
+    ) -> Result<Response<Full<Bytes>>, NotifyError> {
+        let route = &matched.route.route;
+        let key = self.entity_key(matched, &event)?;
+        let mut guard = self
+            .locks
+            .acquire(&key, route.max_entity_wait)
+            .await
+            .ok_or(NotifyError::EntityBusy)?;
+        let verdict = self
+            .decide(
+                matched,
+                key,
+                &event,
+                arrived,
+                guard.slot(),
+                &Pending::default(),
+            )
+            .await;
+        tracing::debug!(route = %route.name, entity = %verdict.key, decision = verdict.decision.as_str(), "decided");
+
+        let verdicts = [verdict];
+        if self.suppresses(matched, &verdicts) {
+            return Ok(self.suppress(matched, &verdicts));
+        }
+        self.forward_and_commit(matched, parts, body, peer, &verdicts)
+            .await
+    }
+
+    /// Decides each event of a CloudEvents batch and forwards the events that pass, in order.
+    async fn batch(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        events: Vec<(Event, Box<serde_json::value::RawValue>)>,
+        peer: SocketAddr,
+        arrived: Instant,
+    ) -> Result<Response<Full<Bytes>>, NotifyError> {
+        let route = &matched.route.route;
+        let mut keys = Vec::with_capacity(events.len());
+        for (event, _) in &events {
+            keys.push(self.entity_key(matched, event)?);
+        }
+
+        // Locks are taken in key order so that two batches naming the same entities
+        // cannot wait for each other.
+        let mut sorted: Vec<&String> = keys.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let deadline = arrived + route.max_entity_wait;
+        let mut guards = BTreeMap::new();
+        for key in sorted {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let guard = self
+                .locks
+                .acquire(key, wait)
+                .await
+                .ok_or(NotifyError::EntityBusy)?;
+            guards.insert(key.clone(), guard);
+        }
+
+        let mut pending = Pending::default();
+        let mut verdicts = Vec::with_capacity(events.len());
+        for ((event, _), key) in events.iter().zip(keys) {
+            let guard = guards
+                .get_mut(&key)
+                .expect("a lock was taken for every key");
+            let verdict = self
+                .decide(matched, key, event, arrived, guard.slot(), &pending)
+                .await;
+            if verdict.decision == Decision::Forward {
+                if let Some(fingerprint) = verdict.fingerprint {
+                    pending
+                        .fingerprints
+                        .insert(verdict.key.clone(), fingerprint);
+                }
+                if let Some(event_key) = &verdict.event_key {
+                    pending.events.insert(event_key.clone());
+                }
+            }
+            verdicts.push(verdict);
+        }
+
+        if self.suppresses(matched, &verdicts) {
+            return Ok(self.suppress(matched, &verdicts));
+        }
+        let shadow = route.mode == crate::policy::RouteMode::Shadow;
+        let kept = events
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| shadow || v.decision == Decision::Forward)
+            .map(|((_, raw), _)| raw.as_ref());
+        let body = envelope::encode_batch(kept);
+        self.forward_and_commit(matched, parts, body, peer, &verdicts)
+            .await
+    }
+
+    fn count(&self, route: &str, decision: &'static str, by: u64) {
+        self.metrics
+            .notifications
+            .get_or_create(&DecisionLabels {
+                route: route.to_owned(),
+                decision,
+            })
+            .inc_by(by);
+    }
+}
+
+/// Rejects `.` and `..` path segments, also percent-encoded: an upstream that normalises
+/// them would receive a different path than the one the route matched.
+fn reject_dot_segments(path: &str) -> Result<(), NotifyError> {
+    for segment in path.split('/') {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        if decoded == "." || decoded == ".." {
+            return Err(NotifyError::Undecodable(
+                "request path contains a `.` or `..` segment; send the normalised path".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the body within `BODY_TIMEOUT` and the route's `max_body`.
+async fn read_body<B>(body: B, parts: &Parts, limit: usize) -> Result<Bytes, NotifyError>
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(NotifyError::BodyTooLarge { limit });
+    }
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| NotifyError::BodyTimeout {
+            seconds: BODY_TIMEOUT.as_secs(),
+        })?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(NotifyError::BodyTooLarge { limit })
+        }
+        Err(error) => Err(NotifyError::BodyRead(error.to_string())),
+    }
+}

@@ -89,13 +89,19 @@ impl Template {
     /// Renders an entity key: values have `%`, `/` and control characters percent-encoded.
     ///
     /// Returns the name of the first placeholder that `lookup` has no value for.
-    pub fn render_key<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
+    pub fn render_key<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<String, String> {
         self.render(lookup, KEY_VALUE)
     }
 
     /// Renders a URL path: each value is percent-encoded as one path segment, so a value
     /// such as `../admin` or `a?b` can never change the path or the query.
-    pub fn render_path<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
+    pub fn render_path<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<String, String> {
         self.render(lookup, SEGMENT)
     }
 
@@ -148,7 +154,8 @@ impl PathPattern {
         }
         let mut segments = Vec::new();
         for raw in text[1..].split('/') {
-            let template = Template::parse(raw).map_err(|_| TemplateError::Unbalanced(text.to_owned()))?;
+            let template =
+                Template::parse(raw).map_err(|_| TemplateError::Unbalanced(text.to_owned()))?;
             match template.parts.as_slice() {
                 [Part::Field(name)] => segments.push(Segment::Capture(name.clone())),
                 [] => segments.push(Segment::Literal(String::new())),

@@ -3,6 +3,12 @@
 /// Why a snapshot could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// No snapshot file.
+    #[error("snapshot {path} does not exist")]
+    Missing {
+        /// The path.
+        path: String,
+    },
     /// File system error.
     #[error("snapshot {path}: {source}")]
     Io {

@@ -1,0 +1,247 @@
+//! The decision for one notification: duplicate, unchanged, or forward.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio::time::Instant;
+
+use super::envelope::Event;
+use super::fingerprint::{compute, Fingerprint};
+use super::locks::{EntitySlot, StateFetch};
+use super::route::Matched;
+use super::Gateway;
+use crate::metrics::{ReasonLabels, ResultLabels};
+use crate::policy::FingerprintSource;
+
+/// Maximum size of a source API response read to fingerprint an entity (16 MiB).
+/// A larger entity fails open: it is forwarded and counted as `body_too_large`.
+pub const LOOKUP_BODY_LIMIT: usize = 16 << 20;
+
+/// What ekko does with one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward it to the upstream.
+    Forward,
+    /// The same `source` + `id` was seen within `duplicate_window`.
+    Duplicate,
+    /// The entity's state equals the state last forwarded.
+    Unchanged,
+}
+
+impl Decision {
+    /// The label and header value: `forwarded`, `duplicate` or `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "forwarded",
+            Self::Duplicate => "duplicate",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A decision with what is needed to commit it after the upstream accepted the forward.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Entity key.
+    pub key: String,
+    /// `source` + NUL + `id`, when the event has an id.
+    pub event_key: Option<String>,
+    /// The decision.
+    pub decision: Decision,
+    /// The entity's current fingerprint; `None` when none could be computed (fail open)
+    /// or the route fingerprints nothing.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// Decisions made earlier in the same batch and not yet committed.
+#[derive(Default)]
+pub struct Pending {
+    /// Entity key to the fingerprint the batch will forward.
+    pub fingerprints: HashMap<String, Fingerprint>,
+    /// Event keys the batch will forward.
+    pub events: HashSet<String>,
+}
+
+impl Gateway {
+    /// Decides one event while the caller holds the entity's lock.
+    pub(super) async fn decide(
+        &self,
+        matched: &Matched<'_>,
+        key: String,
+        event: &Event,
+        arrived: Instant,
+        slot: &mut EntitySlot,
+        pending: &Pending,
+    ) -> Verdict {
+        let route = &matched.route.route;
+        let event_key = event
+            .id
+            .as_ref()
+            .map(|id| format!("{}\0{}", event.source.as_deref().unwrap_or(""), id));
+        let window_ms = route.duplicate_window.as_millis() as u64;
+        if let Some(event_key) = &event_key {
+            let seen = pending.events.contains(event_key)
+                || (window_ms > 0
+                    && self
+                        .state
+                        .event_seen_within(event_key, self.clock.now_ms(), window_ms));
+            if seen {
+                return Verdict {
+                    key,
+                    event_key: Some(event_key.clone()),
+                    decision: Decision::Duplicate,
+                    fingerprint: None,
+                };
+            }
+        }
+
+        let fingerprint = self.fingerprint(matched, event, arrived, slot).await;
+        let last = match pending.fingerprints.get(&key) {
+            Some(fingerprint) => Some((*fingerprint, matched.route.spec)),
+            None => self.state.entity(&key).map(|r| (r.fingerprint, r.spec)),
+        };
+        let unchanged = matches!((fingerprint, last), (Some(now), Some((before, spec)))
+            if now == before && spec == matched.route.spec);
+        Verdict {
+            key,
+            event_key,
+            decision: if unchanged {
+                Decision::Unchanged
+            } else {
+                Decision::Forward
+            },
+            fingerprint,
+        }
+    }
+
+    /// Computes the entity's current fingerprint; `None` means "fail open" (counted) or
+    /// a route without state.
+    async fn fingerprint(
+        &self,
+        matched: &Matched<'_>,
+        event: &Event,
+        arrived: Instant,
+        slot: &mut EntitySlot,
+    ) -> Option<Fingerprint> {
+        let compiled = matched.route;
+        match &compiled.route.fingerprint.source {
+            FingerprintSource::None => None,
+            FingerprintSource::Payload => match &event.data {
+                Some(data) => Some(compute(data.clone(), &compiled.mask).fingerprint),
+                None => {
+                    self.count_fail_open(&compiled.route.name, "no_data");
+                    None
+                }
+            },
+            FingerprintSource::Lookup { .. } => {
+                match self.lookup(matched, event, arrived, slot).await {
+                    StateFetch::Found(fingerprint) => Some(fingerprint),
+                    StateFetch::Deleted => Some(Fingerprint::deleted()),
+                    StateFetch::Failed(reason) => {
+                        self.count_fail_open(&compiled.route.name, reason);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches the entity from the source API, or reuses a fetch that started after this
+    /// notification arrived (so N queued notifications for one entity cost one fetch).
+    async fn lookup(
+        &self,
+        matched: &Matched<'_>,
+        event: &Event,
+        arrived: Instant,
+        slot: &mut EntitySlot,
+    ) -> StateFetch {
+        let route = &matched.route.route;
+        if let Some((started, fetch)) = &slot.last_lookup {
+            if *started >= arrived {
+                self.count_lookup(&route.name, "reused");
+                return fetch.clone();
+            }
+        }
+        let started = Instant::now();
+        let fetch = self.fetch_state(matched, event).await;
+        let result = match &fetch {
+            StateFetch::Found(_) => "ok",
+            StateFetch::Deleted => "deleted",
+            StateFetch::Failed(reason) => reason,
+        };
+        self.count_lookup(&route.name, result);
+        slot.last_lookup = Some((started, fetch.clone()));
+        fetch
+    }
+
+    async fn fetch_state(&self, matched: &Matched<'_>, event: &Event) -> StateFetch {
+        let compiled = matched.route;
+        let FingerprintSource::Lookup { upstream, path } = &compiled.route.fingerprint.source
+        else {
+            return StateFetch::Failed("not_lookup");
+        };
+        let Some(upstream) = self.upstreams.get(upstream) else {
+            return StateFetch::Failed("unknown_upstream");
+        };
+        let Ok(path) = path.render_path(|name| field(matched, event, name)) else {
+            return StateFetch::Failed("missing_field");
+        };
+        let response = match self
+            .client
+            .get_json(upstream, &path, LOOKUP_BODY_LIMIT)
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(route = %compiled.route.name, upstream = %upstream.name, %error, "fingerprint lookup failed");
+                return StateFetch::Failed(error.code_label());
+            }
+        };
+        let status = response.status().as_u16();
+        if status == 404 || status == 410 {
+            return StateFetch::Deleted;
+        }
+        if !response.status().is_success() {
+            return StateFetch::Failed(if status >= 500 {
+                "status_5xx"
+            } else {
+                "status_other"
+            });
+        }
+        match serde_json::from_slice(response.body()) {
+            Ok(state) => StateFetch::Found(compute(state, &compiled.mask).fingerprint),
+            Err(_) => StateFetch::Failed("invalid_json"),
+        }
+    }
+
+    pub(super) fn count_fail_open(&self, route: &str, reason: &'static str) {
+        tracing::debug!(route, reason, "no fingerprint; forwarding");
+        self.metrics
+            .fail_open
+            .get_or_create(&ReasonLabels {
+                route: route.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    fn count_lookup(&self, route: &str, result: &'static str) {
+        self.metrics
+            .fingerprint_lookups
+            .get_or_create(&ResultLabels {
+                route: route.to_owned(),
+                result,
+            })
+            .inc();
+    }
+}
+
+/// Looks up a template field: the event's fields first, then the request path's captures.
+pub fn field<'a>(matched: &'a Matched<'_>, event: &'a Event, name: &str) -> Option<&'a str> {
+    event.field(name).or_else(|| {
+        matched
+            .captures
+            .iter()
+            .find(|(capture, _)| capture == name)
+            .map(|(_, value)| value.as_str())
+    })
+}

@@ -1,0 +1,222 @@
+//! Forwarding to the upstream, committing fingerprints after 2xx, and suppressed answers.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::Full;
+
+use super::decide::{Decision, Verdict};
+use super::reply::{json_response, NotifyError, DECISION_HEADER};
+use super::route::Matched;
+use super::Gateway;
+use crate::metrics::DecisionLabels;
+use crate::policy::RouteMode;
+use crate::state::EntityRecord;
+use crate::upstream::{forward_headers, response_headers, UpstreamClient};
+
+/// Maximum upstream response body relayed to the producer (4 MiB); a larger one is a 502.
+const FORWARD_RESPONSE_LIMIT: usize = 4 << 20;
+
+impl Gateway {
+    /// Whether nothing is forwarded: an enforcing route where every verdict suppresses.
+    pub(super) fn suppresses(&self, matched: &Matched<'_>, verdicts: &[Verdict]) -> bool {
+        matched.route.route.mode == RouteMode::Enforce
+            && verdicts.iter().all(|v| v.decision != Decision::Forward)
+    }
+
+    /// Answers a notification that is not forwarded with the route's `suppressed_response`.
+    pub(super) fn suppress(
+        &self,
+        matched: &Matched<'_>,
+        verdicts: &[Verdict],
+    ) -> Response<Full<Bytes>> {
+        let route = &matched.route.route;
+        let now = self.clock.now_ms();
+        for verdict in verdicts {
+            // An unchanged notification's event id is remembered too, so a redelivery of it
+            // is reported as the duplicate it is.
+            if verdict.decision == Decision::Unchanged {
+                if let Some(event_key) = &verdict.event_key {
+                    self.state.record_event(event_key, now);
+                }
+            }
+            self.count(&route.name, verdict.decision.as_str(), 1);
+        }
+
+        let response = &route.suppressed_response;
+        let mut reply = match &response.body {
+            Some(body) => {
+                let mut reply = Response::new(Full::new(Bytes::from(body.clone())));
+                if let Ok(value) = HeaderValue::from_str(&response.content_type) {
+                    reply.headers_mut().insert(header::CONTENT_TYPE, value);
+                }
+                reply
+            }
+            None => json_response(response.status, &suppressed_body(verdicts)),
+        };
+        *reply.status_mut() = response.status;
+        set_decision(&mut reply, &decision_header(matched, verdicts));
+        reply
+    }
+
+    /// Forwards `body`, and after a 2xx answer commits every forwarded verdict.
+    pub(super) async fn forward_and_commit(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        verdicts: &[Verdict],
+    ) -> Result<Response<Full<Bytes>>, NotifyError> {
+        let route = &matched.route.route;
+        let upstream_response = self.forward(matched, parts, body, peer).await?;
+
+        let shadow = route.mode == RouteMode::Shadow;
+        let accepted = upstream_response.status().is_success();
+        let now = self.clock.now_ms();
+        for verdict in verdicts {
+            let sent = shadow || verdict.decision == Decision::Forward;
+            if accepted && sent {
+                self.commit(matched, verdict, now);
+            }
+            if shadow {
+                self.metrics
+                    .shadow_decisions
+                    .get_or_create(&DecisionLabels {
+                        route: route.name.clone(),
+                        decision: verdict.decision.as_str(),
+                    })
+                    .inc();
+            }
+            let decision = if sent {
+                "forwarded"
+            } else {
+                verdict.decision.as_str()
+            };
+            self.count(&route.name, decision, 1);
+        }
+
+        let mut reply = relay(upstream_response);
+        set_decision(&mut reply, &decision_header(matched, verdicts));
+        Ok(reply)
+    }
+
+    /// Forwards an undecodable notification unchanged (`on_undecodable: forward`).
+    pub(super) async fn pass_through(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, NotifyError> {
+        let upstream_response = self.forward(matched, parts, body, peer).await?;
+        self.count(&matched.route.route.name, "forwarded", 1);
+        let mut reply = relay(upstream_response);
+        set_decision(&mut reply, "forwarded");
+        Ok(reply)
+    }
+
+    async fn forward(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Result<Response<Bytes>, NotifyError> {
+        let route = &matched.route.route;
+        let upstream = self.upstreams.get(&route.upstream).ok_or_else(|| {
+            NotifyError::Internal(format!("route `{}` names a missing upstream", route.name))
+        })?;
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = UpstreamClient::uri(upstream, path_and_query)
+            .map_err(|e| NotifyError::Internal(format!("cannot build the upstream URI: {e}")))?;
+
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = forward_headers(&parts.headers, upstream, peer);
+        let response = self
+            .client
+            .send(upstream, request, FORWARD_RESPONSE_LIMIT)
+            .await;
+        response.map_err(|error| {
+            tracing::warn!(route = %route.name, upstream = %upstream.name, %error, "forward failed; nothing committed");
+            NotifyError::Upstream(error)
+        })
+    }
+
+    /// Records a forwarded verdict as the entity's last forwarded state.
+    fn commit(&self, matched: &Matched<'_>, verdict: &Verdict, now_ms: u64) {
+        if let Some(fingerprint) = verdict.fingerprint {
+            let record = EntityRecord {
+                fingerprint,
+                spec: matched.route.spec,
+                forwarded_at_ms: now_ms,
+            };
+            if self.state.entities.insert(&verdict.key, record) {
+                self.metrics.state_evictions.inc();
+            }
+            self.metrics
+                .state_entities
+                .set(self.state.entities.len() as i64);
+        }
+        if let Some(event_key) = &verdict.event_key {
+            self.state.record_event(event_key, now_ms);
+        }
+    }
+}
+
+/// Copies the upstream's response for the producer.
+fn relay(upstream: Response<Bytes>) -> Response<Full<Bytes>> {
+    let (parts, body) = upstream.into_parts();
+    let mut reply = Response::new(Full::new(body));
+    *reply.status_mut() = parts.status;
+    *reply.headers_mut() = response_headers(&parts.headers);
+    reply
+}
+
+fn set_decision(reply: &mut Response<Full<Bytes>>, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        reply.headers_mut().insert(DECISION_HEADER, value);
+    }
+}
+
+/// The `Ekko-Decision` value: one entry per notification, comma-separated for a batch;
+/// shadow routes add what enforce mode would have done (`forwarded; would=unchanged`).
+fn decision_header(matched: &Matched<'_>, verdicts: &[Verdict]) -> String {
+    let shadow = matched.route.route.mode == RouteMode::Shadow;
+    let entries: Vec<String> = verdicts
+        .iter()
+        .map(|v| {
+            if shadow {
+                format!("forwarded; would={}", v.decision.as_str())
+            } else {
+                v.decision.as_str().to_owned()
+            }
+        })
+        .collect();
+    if entries.is_empty() {
+        "unchanged".to_owned()
+    } else {
+        entries.join(", ")
+    }
+}
+
+/// Default suppressed body: `{"decision": ..., "entity": ...}`, or a list for a batch.
+fn suppressed_body(verdicts: &[Verdict]) -> serde_json::Value {
+    let item =
+        |v: &Verdict| serde_json::json!({ "decision": v.decision.as_str(), "entity": v.key });
+    match verdicts {
+        [one] => item(one),
+        many => {
+            serde_json::json!({ "decision": "suppressed", "events": many.iter().map(item).collect::<Vec<_>>() })
+        }
+    }
+}

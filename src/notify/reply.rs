@@ -1,0 +1,146 @@
+//! Producer-facing responses: every error maps to one status and a JSON body here.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::upstream::{failure_status, UpstreamError};
+
+/// Response header that names ekko's decision for each notification.
+pub const DECISION_HEADER: &str = "ekko-decision";
+
+/// Why a notification request was not forwarded or answered normally.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// No route matches the request path.
+    #[error("no notification route matches {method} {path}: check `match.path` in the policy")]
+    NoRoute {
+        /// Request method.
+        method: Method,
+        /// Request path without the query.
+        path: String,
+    },
+    /// A route matches the path but not the method.
+    #[error("method {method} is not allowed here; allowed: {allowed}")]
+    WrongMethod {
+        /// Request method.
+        method: Method,
+        /// Allowed methods, comma-separated.
+        allowed: String,
+    },
+    /// The body exceeded the route's `max_body`.
+    #[error("request body is larger than the route's max_body of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body did not arrive in time.
+    #[error("request body was not received within {seconds} s")]
+    BodyTimeout {
+        /// The limit in seconds.
+        seconds: u64,
+    },
+    /// The body could not be read (connection closed).
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    /// The envelope could not be decoded.
+    #[error("notification could not be decoded: {0}")]
+    Undecodable(String),
+    /// The entity template names a field the notification does not have.
+    #[error("notification has no `{field}`, which the route's entity template `{template}` needs")]
+    MissingField {
+        /// The missing field.
+        field: String,
+        /// The entity template.
+        template: String,
+    },
+    /// The entity key is longer than the limit.
+    #[error("entity key is {length} bytes long; the limit is {limit} bytes")]
+    KeyTooLong {
+        /// Actual length.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An earlier notification for the same entity held it longer than `max_entity_wait`.
+    #[error("entity is busy with earlier notifications; retry later")]
+    EntityBusy,
+    /// Forwarding failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A bug or resource problem inside ekko; details go to the log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl NotifyError {
+    /// The HTTP status: 4xx when the producer's request is at fault, 502/504 for the
+    /// upstream, 503 when the entity is busy, 500 for ekko's own trouble.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::WrongMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyRead(_)
+            | Self::Undecodable(_)
+            | Self::MissingField { .. }
+            | Self::KeyTooLong { .. } => StatusCode::BAD_REQUEST,
+            Self::EntityBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(error) => failure_status(error),
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short machine-readable error code for the JSON body.
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "no_route",
+            Self::WrongMethod { .. } => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
+            Self::BodyRead(_) => "body_unreadable",
+            Self::Undecodable(_) => "undecodable",
+            Self::MissingField { .. } => "missing_field",
+            Self::KeyTooLong { .. } => "entity_key_too_long",
+            Self::EntityBusy => "entity_busy",
+            Self::Upstream(UpstreamError::TimedOut { .. }) => "upstream_timeout",
+            Self::Upstream(_) => "upstream_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The response for the producer: JSON `{"error": code, "message": text}`.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response = json_response(self.status(), &body);
+        match &self {
+            Self::WrongMethod { allowed, .. } => {
+                if let Ok(value) = HeaderValue::from_str(allowed) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+            }
+            Self::EntityBusy => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response with `Cache-Control: no-store`.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

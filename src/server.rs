@@ -1,0 +1,305 @@
+//! Listeners, the snapshot task and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::notify::Gateway;
+use crate::policy::Policy;
+use crate::state::{SnapshotError, StateStore};
+
+/// Time a client gets to send the request head (30 s), against slow-header attacks.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why ekko could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; check that the port is free and the address is local"
+    )]
+    Bind {
+        /// The address from the policy.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The snapshot directory does not exist.
+    #[error("snapshot directory {0} does not exist; create it or change `state.snapshot`")]
+    SnapshotDir(PathBuf),
+    /// The final snapshot could not be written.
+    #[error("final snapshot failed: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The routes could not be compiled.
+    #[error("policy cannot be compiled: {0}")]
+    Compile(String),
+}
+
+/// A running ekko: its bound addresses and the handle to stop it.
+pub struct Running {
+    /// Address of the public listener (useful with port 0).
+    pub public_addr: SocketAddr,
+    /// Address of the admin listener.
+    pub admin_addr: SocketAddr,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests within `shutdown_grace`, writes the
+    /// final snapshot and returns its outcome.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(ServeError::Compile(format!("server task failed: {e}"))))
+    }
+}
+
+/// Loads the snapshot, binds both listeners and starts serving.
+pub async fn start(policy: Policy) -> Result<Running, ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(load_state(&policy)?);
+    metrics.state_entities.set(state.entities.len() as i64);
+    let gateway = Gateway::new(&policy, state.clone(), metrics.clone())
+        .map_err(|e| ServeError::Compile(e.to_string()))?;
+    let gateway = Arc::new(gateway);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+
+    let public = bind(policy.listen).await?;
+    let admin_listener = bind(policy.admin_listen).await?;
+    let public_addr = public.local_addr().map_err(|source| ServeError::Bind {
+        addr: policy.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: policy.admin_listen,
+            source,
+        })?;
+    tracing::info!(%public_addr, %admin_addr, routes = policy.notifications.len(), "ekko listening");
+
+    let (stop, stopped) = watch::channel(false);
+    let public_task = tokio::spawn(accept_loop(
+        public,
+        stopped.clone(),
+        policy.shutdown_grace,
+        move |req, peer| {
+            let gateway = gateway.clone();
+            async move { gateway.handle(req, peer).await }
+        },
+    ));
+    let admin_task = tokio::spawn(accept_loop(
+        admin_listener,
+        stopped.clone(),
+        policy.shutdown_grace,
+        move |req, _| {
+            let admin = admin.clone();
+            async move { admin.handle(&req) }
+        },
+    ));
+    let snapshot_task = policy.state.snapshot.clone().map(|path| {
+        tokio::spawn(snapshot_loop(
+            state.clone(),
+            path,
+            policy.state.snapshot_interval,
+            metrics.clone(),
+            stopped,
+        ))
+    });
+    ready.store(true, Ordering::Release);
+
+    let task = tokio::spawn(async move {
+        let _ = public_task.await;
+        ready.store(false, Ordering::Release);
+        let _ = admin_task.await;
+        if let Some(task) = snapshot_task {
+            let _ = task.await;
+        }
+        final_snapshot(&state, &policy).await
+    });
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        metrics,
+        stop,
+        task,
+    })
+}
+
+/// Runs until `signal` completes, then shuts down gracefully.
+pub async fn serve(policy: Policy, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let running = start(policy).await?;
+    signal.await;
+    tracing::info!("shutdown requested; draining in-flight requests");
+    let result = running.shutdown().await;
+    tracing::info!("ekko stopped");
+    result
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn load_state(policy: &Policy) -> Result<StateStore, ServeError> {
+    let limits = &policy.state;
+    let Some(path) = &limits.snapshot else {
+        return Ok(StateStore::new(limits.max_entities, limits.max_event_ids));
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(ServeError::SnapshotDir(dir.to_path_buf()));
+    }
+    match StateStore::load(path, limits.max_entities, limits.max_event_ids) {
+        Ok((state, stats)) => {
+            tracing::info!(path = %path.display(), entities = stats.entities, events = stats.events, "snapshot loaded");
+            Ok(state)
+        }
+        Err(SnapshotError::Missing { .. }) => {
+            tracing::info!(path = %path.display(), "no snapshot yet; starting empty");
+            Ok(StateStore::new(limits.max_entities, limits.max_event_ids))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "snapshot unusable; starting empty, so unchanged entities are forwarded once more");
+            Ok(StateStore::new(limits.max_entities, limits.max_event_ids))
+        }
+    }
+}
+
+async fn save(
+    state: &Arc<StateStore>,
+    path: PathBuf,
+    metrics: &Metrics,
+) -> Result<(), SnapshotError> {
+    let state = state.clone();
+    let result = tokio::task::spawn_blocking(move || state.save(&path))
+        .await
+        .unwrap_or_else(|e| {
+            Err(SnapshotError::Io {
+                path: String::new(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+    let label = if result.is_ok() { "ok" } else { "error" };
+    metrics
+        .snapshot_writes
+        .get_or_create(&OutcomeLabels { result: label })
+        .inc();
+    result.map(|_| ())
+}
+
+async fn snapshot_loop(
+    state: Arc<StateStore>,
+    path: PathBuf,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(error) = save(&state, path.clone(), &metrics).await {
+                    tracing::error!(%error, "periodic snapshot failed; state since the last good snapshot would be lost on a crash");
+                }
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+async fn final_snapshot(state: &Arc<StateStore>, policy: &Policy) -> Result<(), ServeError> {
+    let Some(path) = policy.state.snapshot.clone() else {
+        return Ok(());
+    };
+    let metrics = Metrics::new();
+    save(state, path.clone(), &metrics).await?;
+    tracing::info!(path = %path.display(), entities = state.entities.len(), "final snapshot written");
+    Ok(())
+}
+
+/// Accepts connections until `stopped` flips, then waits at most `grace` for open
+/// connections to finish their in-flight requests.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed; retrying in 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let handler = handler.clone();
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req, peer).await) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "grace period over; closing remaining connections"
+        );
+    }
+}
