@@ -3,8 +3,11 @@
 mod snapshot;
 mod table;
 
-pub use snapshot::SnapshotError;
+pub use snapshot::{SnapshotError, SnapshotStats};
 pub use table::BoundedTable;
+
+use std::num::NonZeroUsize;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,53 +33,80 @@ pub struct StateStore {
     pub events: BoundedTable<u64>,
 }
 
-/// Counts read from or written to a snapshot.
-pub struct SnapshotStats {
-    /// Entity records.
-    pub entities: usize,
-    /// Event ids.
-    pub events: usize,
-}
-
 impl StateStore {
-    /// Creates empty tables.
-    pub fn new(max_entities: usize, max_event_ids: usize) -> Self {
+    /// Creates an empty store that keeps at most `max_entities` entity records and
+    /// `max_event_ids` event ids.
+    pub fn new(max_entities: NonZeroUsize, max_event_ids: NonZeroUsize) -> Self {
         Self {
             entities: BoundedTable::new(max_entities),
             events: BoundedTable::new(max_event_ids),
         }
     }
-    /// Reads an entity record.
+
+    /// Returns the record of the entity `key` and marks it as most recently used.
     pub fn entity(&self, key: &str) -> Option<EntityRecord> {
         self.entities.get(key)
     }
-    /// Whether the event was seen within the window.
-    pub fn event_seen_within(&self, key: &str, now_ms: u64, window_ms: u64) -> bool {
-        self.events
-            .get(key)
-            .is_some_and(|seen| now_ms.saturating_sub(seen) < window_ms)
+
+    /// Stores `record` as the entity's last forwarded state. Call it only after the
+    /// upstream accepted the forward, so a failed forward is never suppressed on retry.
+    ///
+    /// Returns `true` when another entity was evicted to make room.
+    pub fn commit(&self, key: &str, record: EntityRecord) -> bool {
+        self.entities.insert(key, record)
     }
-    /// Remembers an event.
-    pub fn record_event(&self, key: &str, now_ms: u64) {
-        self.events.insert(key, now_ms);
+
+    /// Returns `true` when the event `source_and_id` was recorded less than `window_ms`
+    /// before `now_ms` (both in ms since the Unix epoch), and marks it as recently used.
+    ///
+    /// An event recorded at a time after `now_ms`, as after the clock was set back,
+    /// counts as seen just now. A `window_ms` of 0 never matches.
+    pub fn event_seen_within(&self, source_and_id: &str, now_ms: u64, window_ms: u64) -> bool {
+        match self.events.get(source_and_id) {
+            Some(seen_at_ms) => now_ms.saturating_sub(seen_at_ms) < window_ms,
+            None => false,
+        }
     }
-    /// Writes a snapshot.
-    pub fn save(&self, path: &std::path::Path) -> Result<SnapshotStats, SnapshotError> {
-        let _ = path;
-        Ok(SnapshotStats {
-            entities: 0,
-            events: 0,
-        })
+
+    /// Records that the event `source_and_id` was seen at `now_ms` (ms since the Unix
+    /// epoch), replacing any earlier time.
+    ///
+    /// Returns `true` when another event id was evicted to make room.
+    pub fn record_event(&self, source_and_id: &str, now_ms: u64) -> bool {
+        self.events.insert(source_and_id, now_ms)
     }
-    /// Reads a snapshot.
+
+    /// Writes both tables to the snapshot file at `path`, replacing it atomically.
+    ///
+    /// The file is written as `<path>.tmp-<pid>` with mode 0600, fsynced, renamed over
+    /// `path`, and the directory is fsynced. Keys longer than 64 KiB are left out. This
+    /// blocks on file I/O, so async code should call it through `spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// `SnapshotError::Io` names the file or directory that could not be written. An
+    /// earlier snapshot at `path` then stays as it was.
+    pub fn save(&self, path: &Path) -> Result<SnapshotStats, SnapshotError> {
+        snapshot::write(path, &self.entities, &self.events)
+    }
+
+    /// Reads the snapshot at `path` into a new store with the given bounds.
+    ///
+    /// When the file has more records than a bound, the most recently used ones are
+    /// kept. The stats count the records in the file. This blocks on file I/O.
+    ///
+    /// # Errors
+    ///
+    /// `SnapshotError::Missing` when the file does not exist. `SnapshotError::Corrupt`
+    /// when the header, version, a line or the checksum is wrong or the file is
+    /// truncated. `SnapshotError::Io` when the file cannot be read. In every case the
+    /// caller can start with an empty store.
     pub fn load(
-        path: &std::path::Path,
-        max_entities: usize,
-        max_event_ids: usize,
-    ) -> Result<(Self, SnapshotStats), SnapshotError> {
-        let _ = (path, max_entities, max_event_ids);
-        Err(SnapshotError::Missing {
-            path: String::new(),
-        })
+        path: &Path,
+        max_entities: NonZeroUsize,
+        max_event_ids: NonZeroUsize,
+    ) -> Result<(StateStore, SnapshotStats), SnapshotError> {
+        let (entities, events, stats) = snapshot::read(path, max_entities, max_event_ids)?;
+        Ok((StateStore { entities, events }, stats))
     }
 }
