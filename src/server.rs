@@ -206,7 +206,8 @@ async fn save(
         .await
         .unwrap_or_else(|e| {
             Err(SnapshotError::Io {
-                path: String::new(),
+                path: PathBuf::new(),
+                action: "run the snapshot task",
                 source: std::io::Error::other(e.to_string()),
             })
         });

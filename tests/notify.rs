@@ -36,10 +36,18 @@ async fn unchanged_state_is_suppressed() {
     let client = HttpClient::default();
 
     let first = client
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e1", "123", person("Ola", "2026-01-01")))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "123", person("Ola", "2026-01-01")),
+        )
         .await;
     let resave = client
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e2", "123", person("Ola", "2026-01-02")))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e2", "123", person("Ola", "2026-01-02")),
+        )
         .await;
 
     assert_eq!(first.status, 200);
@@ -49,7 +57,8 @@ async fn unchanged_state_is_suppressed() {
     assert_eq!(resave.json()["entity"], "hr/person/123");
     assert_eq!(queue.count(), 1);
     assert_eq!(
-        ekko.metric(r#"ekko_notifications_total{route="hr",decision="unchanged"}"#).await,
+        ekko.metric(r#"ekko_notifications_total{route="hr",decision="unchanged"}"#)
+            .await,
         1.0
     );
 }
@@ -62,9 +71,15 @@ async fn real_change_is_forwarded_with_original_body() {
     let second = cloudevent("e2", "123", person("Kari", "2026-01-02"));
 
     client
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e1", "123", person("Ola", "2026-01-01")))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "123", person("Ola", "2026-01-01")),
+        )
         .await;
-    let answer = client.post(&ekko.url("/events"), CE_JSON, second.clone()).await;
+    let answer = client
+        .post(&ekko.url("/events"), CE_JSON, second.clone())
+        .await;
 
     assert_eq!(answer.decision(), "forwarded");
     let received = queue.received();
@@ -80,7 +95,9 @@ async fn repeated_event_id_is_duplicate() {
     let client = HttpClient::default();
     let event = cloudevent("e1", "123", person("Ola", "2026-01-01"));
 
-    client.post(&ekko.url("/events"), CE_JSON, event.clone()).await;
+    client
+        .post(&ekko.url("/events"), CE_JSON, event.clone())
+        .await;
     let again = client.post(&ekko.url("/events"), CE_JSON, event).await;
 
     assert_eq!(again.decision(), "duplicate");
@@ -94,7 +111,9 @@ async fn retry_after_failed_forward_is_forwarded() {
     let client = HttpClient::default();
     let event = cloudevent("e1", "123", person("Ola", "2026-01-01"));
 
-    let failed = client.post(&ekko.url("/events"), CE_JSON, event.clone()).await;
+    let failed = client
+        .post(&ekko.url("/events"), CE_JSON, event.clone())
+        .await;
     queue.set_handler(|_| Reply::Respond(200, "{}".into()));
     let retry = client.post(&ekko.url("/events"), CE_JSON, event).await;
 
@@ -111,10 +130,18 @@ async fn upstream_error_status_commits_nothing() {
     let client = HttpClient::default();
 
     let first = client
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e1", "123", person("Ola", "1")))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "123", person("Ola", "1")),
+        )
         .await;
     let second = client
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e2", "123", person("Ola", "2")))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e2", "123", person("Ola", "2")),
+        )
         .await;
 
     assert_eq!(first.status, 500);
@@ -129,7 +156,11 @@ async fn refused_connection_gives_502() {
     let ekko = Ekko::start(&payload_policy(&format!("http://{closed}"))).await;
 
     let answer = HttpClient::default()
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e1", "1", json!({})))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "1", json!({})),
+        )
         .await;
 
     assert_eq!(answer.status, 502);
@@ -138,11 +169,16 @@ async fn refused_connection_gives_502() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_upstream_gives_504() {
-    let queue = MockServer::start(|_| Reply::Delay(Duration::from_secs(60), 200, "{}".into())).await;
+    let queue =
+        MockServer::start(|_| Reply::Delay(Duration::from_secs(60), 200, "{}".into())).await;
     let ekko = Ekko::start(&payload_policy(&queue.url())).await;
 
     let answer = HttpClient::default()
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e1", "1", json!({})))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "1", json!({})),
+        )
         .await;
 
     assert_eq!(answer.status, 504);
@@ -159,7 +195,9 @@ async fn hundred_concurrent_identical_notifications_forward_once() {
     for i in 0..100 {
         let (client, url) = (client.clone(), ekko.url("/events"));
         let body = cloudevent(&format!("e{i}"), "123", person("Ola", &format!("t{i}")));
-        tasks.push(tokio::spawn(async move { client.post(&url, CE_JSON, body).await }));
+        tasks.push(tokio::spawn(async move {
+            client.post(&url, CE_JSON, body).await
+        }));
     }
     let mut forwarded = 0;
     for task in tasks {
@@ -221,7 +259,10 @@ async fn lookup_fingerprint_suppresses_resave() {
     assert_eq!(resave.decision(), "unchanged");
     assert_eq!(change.decision(), "forwarded");
     assert_eq!(queue.count(), 2);
-    assert_eq!(queue.received()[0].path_and_query, "/api/exchanges/%2F/hr/publish");
+    assert_eq!(
+        queue.received()[0].path_and_query,
+        "/api/exchanges/%2F/hr/publish"
+    );
     let lookups = source.server.received();
     assert_eq!(lookups.len(), 3);
     assert_eq!(lookups[0].headers["authorization"], "Bearer ekko-token");
@@ -242,7 +283,8 @@ async fn lookup_failure_forwards_and_counts() {
     assert_eq!(second.decision(), "forwarded");
     assert_eq!(queue.count(), 2);
     assert_eq!(
-        ekko.metric(r#"ekko_fail_open_total{route="hr",reason="status_5xx"}"#).await,
+        ekko.metric(r#"ekko_fail_open_total{route="hr",reason="status_5xx"}"#)
+            .await,
         2.0
     );
 }
@@ -264,7 +306,8 @@ async fn deleted_entity_is_forwarded_once() {
     assert_eq!(deleted.decision(), "forwarded");
     assert_eq!(again.decision(), "unchanged");
     assert_eq!(
-        ekko.metric(r#"ekko_fingerprint_lookups_total{route="hr",result="deleted"}"#).await,
+        ekko.metric(r#"ekko_fingerprint_lookups_total{route="hr",result="deleted"}"#)
+            .await,
         2.0
     );
 }
@@ -276,7 +319,11 @@ async fn lookup_path_value_stays_one_segment() {
     let ekko = Ekko::start(&lookup_policy(&queue.url(), &source.server.url())).await;
 
     HttpClient::default()
-        .post(&ekko.url("/api/exchanges/%2F/hr/publish"), "application/json", publish("../admin?x=1"))
+        .post(
+            &ekko.url("/api/exchanges/%2F/hr/publish"),
+            "application/json",
+            publish("../admin?x=1"),
+        )
         .await;
 
     let lookups = source.server.received();
@@ -286,7 +333,10 @@ async fn lookup_path_value_stays_one_segment() {
 #[tokio::test]
 async fn max_entities_bound_holds() {
     let queue = MockServer::accepting().await;
-    let policy = format!("state: {{ max_entities: 10 }}\n{}", payload_policy(&queue.url()));
+    let policy = format!(
+        "state: {{ max_entities: 10 }}\n{}",
+        payload_policy(&queue.url())
+    );
     let ekko = Ekko::start(&policy).await;
     let client = HttpClient::default();
 
@@ -295,7 +345,11 @@ async fn max_entities_bound_holds() {
         client.post(&ekko.url("/events"), CE_JSON, body).await;
     }
     let evicted_again = client
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("x0", "0", person("Ola", "1")))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("x0", "0", person("Ola", "1")),
+        )
         .await;
 
     assert_eq!(ekko.metric("ekko_state_entities").await, 10.0);
@@ -317,12 +371,20 @@ async fn restart_with_snapshot_keeps_fingerprints() {
 
     let first = Ekko::start(&policy).await;
     client
-        .post(&first.url("/events"), CE_JSON, cloudevent("e1", "123", person("Ola", "1")))
+        .post(
+            &first.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "123", person("Ola", "1")),
+        )
         .await;
     first.stop().await.unwrap();
     let second = Ekko::start(&policy).await;
     let resave = client
-        .post(&second.url("/events"), CE_JSON, cloudevent("e2", "123", person("Ola", "2")))
+        .post(
+            &second.url("/events"),
+            CE_JSON,
+            cloudevent("e2", "123", person("Ola", "2")),
+        )
         .await;
 
     assert_eq!(resave.decision(), "unchanged");
@@ -343,7 +405,11 @@ async fn corrupt_snapshot_starts_empty() {
 
     let ekko = Ekko::start(&policy).await;
     let answer = HttpClient::default()
-        .post(&ekko.url("/events"), CE_JSON, cloudevent("e1", "1", json!({})))
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "1", json!({})),
+        )
         .await;
 
     assert_eq!(answer.decision(), "forwarded");

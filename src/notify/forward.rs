@@ -160,7 +160,7 @@ impl Gateway {
                 spec: matched.route.spec,
                 forwarded_at_ms: now_ms,
             };
-            if self.state.entities.insert(&verdict.key, record) {
+            if self.state.commit(&verdict.key, record) {
                 self.metrics.state_evictions.inc();
             }
             self.metrics

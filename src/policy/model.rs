@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,9 +31,9 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     /// Maximum number of entities whose last forwarded fingerprint is kept (default 1,000,000).
-    pub max_entities: usize,
+    pub max_entities: NonZeroUsize,
     /// Maximum number of remembered event ids for duplicate detection (default 1,000,000).
-    pub max_event_ids: usize,
+    pub max_event_ids: NonZeroUsize,
     /// Snapshot file; `None` keeps state in memory only.
     pub snapshot: Option<PathBuf>,
     /// Period between snapshot writes (default 60 s).

@@ -1,6 +1,4 @@
-//! Sharded LRU table with an exact entry bound (placeholder until the real table lands).
-
-use std::sync::Mutex;
+//! Sharded LRU table with an exact entry bound.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

@@ -64,7 +64,9 @@ impl MockServer {
         let (rec, hand) = (received.clone(), handler.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (rec, hand) = (rec.clone(), hand.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -119,10 +121,18 @@ async fn answer(
     handler: Arc<Mutex<Handler>>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let recorded = Recorded {
         method: parts.method,
-        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: parts.headers,
         body,
     };
@@ -138,9 +148,10 @@ async fn answer(
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
     Ok(response)
 }
 
@@ -156,8 +167,14 @@ impl SourceApi {
         let map = entities.clone();
         let server = MockServer::start(move |req| {
             let path = req.path_and_query.split('?').next().unwrap_or("");
-            let id = path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/'));
-            let decoded = id.map(|id| percent_encoding::percent_decode_str(id).decode_utf8_lossy().into_owned());
+            let id = path
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('/'));
+            let decoded = id.map(|id| {
+                percent_encoding::percent_decode_str(id)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
             match decoded.and_then(|id| map.lock().unwrap().get(&id).cloned()) {
                 Some(state) => Reply::Respond(200, state.to_string()),
                 None => Reply::Respond(404, r#"{"detail":"not found"}"#.into()),
@@ -225,7 +242,11 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Answer {
-        let response = self.client.request(request).await.expect("request to ekko failed");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("request to ekko failed");
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         Answer {
@@ -260,7 +281,8 @@ impl Ekko {
     /// Starts ekko on a policy; `listen` and `admin_listen` are set to 127.0.0.1:0.
     pub async fn start(policy_yaml: &str) -> Self {
         let text = format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{policy_yaml}");
-        let policy = ekko::policy::parse(&text, &|_| None).unwrap_or_else(|e| panic!("test policy invalid:\n{e}"));
+        let policy = ekko::policy::parse(&text, &|_| None)
+            .unwrap_or_else(|e| panic!("test policy invalid:\n{e}"));
         let running = ekko::server::start(policy).await.expect("ekko starts");
         Self {
             base: format!("http://{}", running.public_addr),
@@ -284,7 +306,10 @@ impl Ekko {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
-            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .map(|value| value.trim().parse().unwrap())
             .unwrap_or(0.0)
     }
