@@ -113,6 +113,11 @@ impl Gateway {
         })
     }
 
+    /// The fingerprint settings digest of route `name`, as stored with its fingerprints.
+    pub fn route_spec(&self, name: &str) -> Option<u64> {
+        self.routes.iter().find(|r| r.route.name == name).map(|r| r.spec)
+    }
+
     /// Handles one producer request and returns the response; never fails.
     pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
     where
