@@ -81,11 +81,6 @@ impl Mask {
         &self.pointers
     }
 
-    /// Digest of the compiled pointers.
-    pub fn spec_hash(&self) -> u64 {
-        todo!("mask")
-    }
-
     /// Removes every matching field and returns the concrete pointers removed, in document order.
     ///
     /// A matched object member is removed. A matched array element is replaced by `null` so the
