@@ -3,6 +3,8 @@
 mod model;
 mod parse;
 pub mod template;
+mod units;
+mod yaml;
 
 pub use model::*;
 pub use parse::{load, parse, PolicyErrors, Problem};
