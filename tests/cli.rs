@@ -10,6 +10,9 @@ fn ekko(args: &[&str]) -> std::process::Output {
     Command::new(EKKO)
         .args(args)
         .env("EKKO_HR_TOKEN", "test-token")
+        .env("HR_API_TOKEN", "test-token")
+        .env("MQ_AUTH", "Z3Vlc3Q6Z3Vlc3Q=")
+        .env("SINK_TOKEN", "test-token")
         .output()
         .expect("ekko runs")
 }

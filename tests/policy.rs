@@ -538,8 +538,8 @@ fn defaults_are_filled_in() {
     assert_eq!(policy.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(policy.admin_listen.to_string(), "127.0.0.1:9090");
     assert_eq!(policy.shutdown_grace, Duration::from_secs(30));
-    assert_eq!(policy.state.max_entities, 1_000_000);
-    assert_eq!(policy.state.max_event_ids, 1_000_000);
+    assert_eq!(policy.state.max_entities.get(), 1_000_000);
+    assert_eq!(policy.state.max_event_ids.get(), 1_000_000);
     assert_eq!(policy.state.snapshot, None);
     assert_eq!(policy.state.snapshot_interval, Duration::from_secs(60));
 

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -155,8 +156,8 @@ const MANAGED_HEADERS: &[&str] = &[
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_ENTITIES: usize = 1_000_000;
-const DEFAULT_MAX_EVENT_IDS: usize = 1_000_000;
+const DEFAULT_MAX_ENTITIES: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
+const DEFAULT_MAX_EVENT_IDS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -463,9 +464,12 @@ impl Checker {
         &mut self,
         field: Option<Field<'_>>,
         example: &str,
-        default: usize,
-    ) -> Option<usize> {
-        field.map_or(Some(default), |field| self.count(&field, example))
+        default: NonZeroUsize,
+    ) -> Option<NonZeroUsize> {
+        // `count` rejects zero, so the conversion only fails after a reported problem.
+        field.map_or(Some(default), |field| {
+            self.count(&field, example).and_then(NonZeroUsize::new)
+        })
     }
 
     /// Parses one of a fixed list of words. The message for any other value lists them.
