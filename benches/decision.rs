@@ -48,11 +48,18 @@ fn request(body: &Bytes) -> Request<Full<Bytes>> {
 }
 
 fn suppressed_notification(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let policy = ekko::policy::parse(POLICY, &|_| None).expect("bench policy is valid");
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(StateStore::new(policy.state.max_entities, policy.state.max_event_ids));
-    let gateway = runtime.block_on(async { Gateway::new(&policy, state.clone(), metrics).expect("routes compile") });
+    let state = Arc::new(StateStore::new(
+        policy.state.max_entities,
+        policy.state.max_event_ids,
+    ));
+    let gateway = runtime
+        .block_on(async { Gateway::new(&policy, state.clone(), metrics).expect("routes compile") });
     let body = body();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 
@@ -84,7 +91,11 @@ async fn seed(gateway: &Gateway, state: &StateStore, body: &Bytes, peer: SocketA
         },
     );
     let response = gateway.handle(request(body), peer).await;
-    assert_eq!(response.status(), 202, "the bench measures the suppressed path");
+    assert_eq!(
+        response.status(),
+        202,
+        "the bench measures the suppressed path"
+    );
 }
 
 criterion_group!(benches, suppressed_notification);

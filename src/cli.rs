@@ -69,7 +69,13 @@ pub enum Command {
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(cli.log_format);
+    // The demo prints a table; only warnings and errors should interrupt it.
+    let default_level = if matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Serve { policy } => serve(&policy),
         Command::Check { policy } => check(&policy),
@@ -83,9 +89,10 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to standard error; `EKKO_LOG` takes a filter such as `debug` or `ekko=debug`.
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EKKO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -56,7 +56,9 @@ type Handler = Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>;
 
 /// Serves `handler` over HTTP/1.1 on 127.0.0.1 with an OS-chosen port.
 async fn serve(handler: Handler) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -66,14 +68,22 @@ async fn serve(handler: Handler) -> Result<SocketAddr, String> {
                     let handler = handler.clone();
                     async move {
                         let path = req.uri().path().to_owned();
-                        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
                         let (status, text) = handler(&path, &body);
                         let mut response = Response::new(Full::new(Bytes::from(text)));
-                        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                        *response.status_mut() =
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -108,15 +118,26 @@ impl Hr {
         if let Some(email) = email {
             person["emails"] = json!([{ "value": email, "type": "work", "primary": true }]);
         }
-        self.persons.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), person);
+        self.persons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), person);
     }
 
     fn get(&self, path: &str) -> (u16, String) {
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         let id = path.rsplit('/').next().unwrap_or("");
-        match self.persons.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+        match self
+            .persons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
             Some(person) => (200, person.to_string()),
-            None => (404, json!({ "status": "404", "detail": "no such user" }).to_string()),
+            None => (
+                404,
+                json!({ "status": "404", "detail": "no such user" }).to_string(),
+            ),
         }
     }
 
@@ -135,22 +156,32 @@ impl Queue {
     fn publish(&self, body: &[u8]) -> (u16, String) {
         match serde_json::from_slice::<Value>(body) {
             Ok(message) => {
-                self.messages.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+                self.messages
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(message);
                 (200, r#"{"routed":true}"#.to_owned())
             }
-            Err(_) => (400, r#"{"error":"bad_request","reason":"not json"}"#.to_owned()),
+            Err(_) => (
+                400,
+                r#"{"error":"bad_request","reason":"not json"}"#.to_owned(),
+            ),
         }
     }
 
     fn len(&self) -> usize {
-        self.messages.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
 /// Loads the bundled policy and points it at the stand-ins, on loopback ports.
 fn demo_policy(queue: SocketAddr, hr: SocketAddr) -> Result<Policy, String> {
     let env = |name: &str| (name == "EKKO_HR_TOKEN").then(|| "demo-token".to_owned());
-    let mut policy = policy::parse(POLICY, &env).map_err(|e| format!("bundled policy is invalid:\n{e}"))?;
+    let mut policy =
+        policy::parse(POLICY, &env).map_err(|e| format!("bundled policy is invalid:\n{e}"))?;
     policy.listen = ([127, 0, 0, 1], 0).into();
     policy.admin_listen = ([127, 0, 0, 1], 0).into();
     policy.state.snapshot = None;
@@ -200,9 +231,16 @@ impl Producer {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
-        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         if !response.status().is_success() {
-            return Err(format!("ekko answered {} for person {person}", response.status()));
+            return Err(format!(
+                "ekko answered {} for person {person}",
+                response.status()
+            ));
         }
         let decision = response
             .headers()
@@ -230,18 +268,28 @@ async fn scenario() -> Result<String, String> {
     let hr_handler = hr.clone();
     let hr_addr = serve(Arc::new(move |path: &str, _: &[u8]| hr_handler.get(path))).await?;
     let queue_handler = queue.clone();
-    let queue_addr = serve(Arc::new(move |_: &str, body: &[u8]| queue_handler.publish(body))).await?;
+    let queue_addr = serve(Arc::new(move |_: &str, body: &[u8]| {
+        queue_handler.publish(body)
+    }))
+    .await?;
     let running = crate::server::start(demo_policy(queue_addr, hr_addr)?)
         .await
         .map_err(|e| e.to_string())?;
     let mut producer = Producer {
         client: Client::builder(TokioExecutor::new()).build_http(),
-        url: format!("http://{}/api/exchanges/%2F/hr/publish", running.public_addr),
+        url: format!(
+            "http://{}/api/exchanges/%2F/hr/publish",
+            running.public_addr
+        ),
         next_id: 0,
     };
 
     let mut rows: Vec<(&str, Row)> = Vec::new();
-    let people = [("1001", "Ola", "Nordmann"), ("1002", "Kari", "Hansen"), ("1003", "Per", "Olsen")];
+    let people = [
+        ("1001", "Ola", "Nordmann"),
+        ("1002", "Kari", "Hansen"),
+        ("1003", "Per", "Olsen"),
+    ];
 
     let mut row = Row::default();
     let before = hr.lookups();
@@ -290,31 +338,34 @@ async fn scenario() -> Result<String, String> {
 
 fn report(rows: &[(&str, Row)], queued: usize) -> Result<String, String> {
     let mut total = Row::default();
-    let mut out = String::from("ekko demo: HR -> ekko -> RabbitMQ, fingerprints from HR's SCIM API\n\n");
-    out.push_str(&format!(
-        "{:<36} {:>5} {:>10} {:>10} {:>10} {:>8}\n",
-        "step", "sent", "forwarded", "unchanged", "duplicate", "lookups"
-    ));
-    for (name, row) in rows.iter().chain(std::iter::once(&("total", Row::default()))) {
-        let row = if *name == "total" { total } else { *row };
-        out.push_str(&format!(
-            "{:<36} {:>5} {:>10} {:>10} {:>10} {:>8}\n",
-            name, row.sent, row.forwarded, row.unchanged, row.duplicate, row.lookups
-        ));
+    for (_, row) in rows {
         total.sent += row.sent;
         total.forwarded += row.forwarded;
         total.unchanged += row.unchanged;
         total.duplicate += row.duplicate;
         total.lookups += row.lookups;
     }
+    let mut out =
+        String::from("ekko demo: HR -> ekko -> RabbitMQ, fingerprints from HR's SCIM API\n\n");
+    out.push_str(&format!(
+        "{:<36} {:>5} {:>10} {:>10} {:>10} {:>8}\n",
+        "step", "sent", "forwarded", "unchanged", "duplicate", "lookups"
+    ));
+    for (name, row) in rows.iter().chain(std::iter::once(&("total", total))) {
+        out.push_str(&format!(
+            "{:<36} {:>5} {:>10} {:>10} {:>10} {:>8}\n",
+            name, row.sent, row.forwarded, row.unchanged, row.duplicate, row.lookups
+        ));
+    }
     out.push_str(&format!(
         "\nThe queue received {queued} of {} notifications. With N consumers that each fetch the\n\
-         person per notification, the source API now serves {queued}*N lookups instead of {}*N.\n",
-        total.sent, total.sent
+         person per notification, the source API serves {queued}*N consumer lookups instead of {}*N,\n\
+         plus ekko's own {} fingerprint lookups.\n",
+        total.sent, total.sent, total.lookups
     ));
     if queued as u64 != total.forwarded {
         return Err(format!(
-            "the queue holds {queued} messages but ekko reported {} forwarded",
+            "{out}\nthe queue holds {queued} messages but ekko reported {} forwarded",
             total.forwarded
         ));
     }

@@ -70,9 +70,18 @@ fn fingerprint_prints_canonical_form_and_removed_fields() {
     let stdout = String::from_utf8_lossy(&output.stdout);
 
     assert!(output.status.success(), "{stdout}");
-    assert!(stdout.contains(r#"canonical: {"id":"1001","meta":{},"name":"Ola"}"#), "{stdout}");
-    assert!(stdout.contains("removed: /meta/lastModified /meta/version"), "{stdout}");
-    let hash = stdout.lines().find_map(|l| l.strip_prefix("blake3: ")).unwrap();
+    assert!(
+        stdout.contains(r#"canonical: {"id":"1001","meta":{},"name":"Ola"}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("removed: /meta/lastModified /meta/version"),
+        "{stdout}"
+    );
+    let hash = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("blake3: "))
+        .unwrap();
     assert_eq!(hash.len(), 64);
 }
 
@@ -96,7 +105,10 @@ fn sigterm_writes_snapshot_and_exits_zero() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = lines.by_ref().map_while(Result::ok).find(|l| l.contains("ekko listening"));
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("ekko listening"));
     assert!(listening.is_some(), "ekko did not report its listeners");
 
     let killed = Command::new("kill")
@@ -108,5 +120,8 @@ fn sigterm_writes_snapshot_and_exits_zero() {
 
     assert!(killed.success());
     assert!(status.success(), "exit status {status:?}; log: {rest:?}");
-    assert!(Path::new(&snapshot).exists(), "no snapshot written; log: {rest:?}");
+    assert!(
+        Path::new(&snapshot).exists(),
+        "no snapshot written; log: {rest:?}"
+    );
 }

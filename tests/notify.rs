@@ -333,7 +333,10 @@ async fn lookup_path_value_stays_one_segment() {
 #[tokio::test]
 async fn max_entities_bound_holds() {
     let queue = MockServer::accepting().await;
-    let policy = format!("state: {{ max_entities: 10 }}\n{}", payload_policy(&queue.url()));
+    let policy = format!(
+        "state: {{ max_entities: 10 }}\n{}",
+        payload_policy(&queue.url())
+    );
     let ekko = Ekko::start(&policy).await;
     let client = HttpClient::default();
 
@@ -352,14 +355,23 @@ async fn max_entities_bound_holds() {
 #[tokio::test]
 async fn evicted_entity_is_forwarded_again() {
     let queue = MockServer::accepting().await;
-    let policy = format!("state: {{ max_entities: 1 }}\n{}", payload_policy(&queue.url()));
+    let policy = format!(
+        "state: {{ max_entities: 1 }}\n{}",
+        payload_policy(&queue.url())
+    );
     let ekko = Ekko::start(&policy).await;
     let client = HttpClient::default();
     let url = ekko.url("/events");
 
-    client.post(&url, CE_JSON, cloudevent("e1", "1", person("Ola", "1"))).await;
-    client.post(&url, CE_JSON, cloudevent("e2", "2", person("Kari", "1"))).await;
-    let again = client.post(&url, CE_JSON, cloudevent("e3", "1", person("Ola", "2"))).await;
+    client
+        .post(&url, CE_JSON, cloudevent("e1", "1", person("Ola", "1")))
+        .await;
+    client
+        .post(&url, CE_JSON, cloudevent("e2", "2", person("Kari", "1")))
+        .await;
+    let again = client
+        .post(&url, CE_JSON, cloudevent("e3", "1", person("Ola", "2")))
+        .await;
 
     assert_eq!(again.decision(), "forwarded");
     assert_eq!(queue.count(), 3);

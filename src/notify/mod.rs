@@ -115,7 +115,10 @@ impl Gateway {
 
     /// The fingerprint settings digest of route `name`, as stored with its fingerprints.
     pub fn route_spec(&self, name: &str) -> Option<u64> {
-        self.routes.iter().find(|r| r.route.name == name).map(|r| r.spec)
+        self.routes
+            .iter()
+            .find(|r| r.route.name == name)
+            .map(|r| r.spec)
     }
 
     /// Handles one producer request and returns the response; never fails.
