@@ -92,11 +92,11 @@ impl UpstreamClient {
     /// Builds the URI of `path_and_query` on `upstream`, under its base path.
     pub fn uri(upstream: &UpstreamConfig, path_and_query: &str) -> Result<Uri, http::Error> {
         let full = format!("{}{}", upstream.base_path, path_and_query);
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme("http")
             .authority(upstream.authority.clone())
             .path_and_query(full)
-            .build()?)
+            .build()
     }
 
     /// Sends `request` and reads the whole response body, at most `body_limit` bytes,

@@ -66,11 +66,13 @@ impl EntityLocks {
     }
 
     /// Number of entities that have a request holding or awaiting their lock.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether no entity lock is held or awaited.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
