@@ -1,4 +1,5 @@
-//! Admin listener: `/metrics`, `/healthz` and `/readyz`. Never exposed on the public listener.
+//! Admin listener: metrics, health, and the loop guard's quarantine and entity views.
+//! Never served on the public listener.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,9 +8,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use serde_json::json;
 
+use crate::guard::{AuditEntry, Quarantine};
 use crate::metrics::Metrics;
-use crate::notify::json_response;
+use crate::notify::{json_response, Gateway, ReleaseOutcome};
+use crate::policy::LoopGuardConfig;
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -17,33 +21,42 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// False until the listeners are up and while ekko drains for shutdown.
     pub ready: Arc<AtomicBool>,
+    /// The notification handler, for the loop guard's state.
+    pub gateway: Arc<Gateway>,
 }
 
 impl Admin {
     /// Handles one admin request.
-    pub fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            let mut response = json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &serde_json::json!({ "error": "method_not_allowed", "message": "admin endpoints accept GET and HEAD" }),
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        if let Some(rest) = path.strip_prefix("/admin/quarantine/") {
+            if let Some(entity) = rest.strip_suffix("/release") {
+                if method != Method::POST {
+                    return not_allowed("POST");
+                }
+                return self.release(&decode_entity(entity)).await;
+            }
         }
-        match request.uri().path() {
-            "/metrics" => self.metrics_response(request),
+        if method != Method::GET && method != Method::HEAD {
+            return not_allowed("GET, HEAD");
+        }
+        match path.as_str() {
+            "/metrics" => self.metrics_response(&request),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            other => json_response(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({
-                    "error": "not_found",
-                    "message": format!("no admin endpoint {other}; try /metrics, /healthz or /readyz"),
-                }),
-            ),
+            "/admin/quarantine" => self.quarantine_list(),
+            other => match other.strip_prefix("/admin/entities/") {
+                Some(entity) if !entity.is_empty() => self.entity(&decode_entity(entity)),
+                _ => json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({
+                        "error": "not_found",
+                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine or /admin/entities/{{entity}}"),
+                    }),
+                ),
+            },
         }
     }
 
@@ -72,6 +85,120 @@ impl Admin {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     }
+
+    /// `GET /admin/quarantine`: every quarantined entity.
+    fn quarantine_list(&self) -> Response<Full<Bytes>> {
+        let now = self.gateway.now_ms();
+        let entries: Vec<_> = self
+            .gateway
+            .guard()
+            .quarantines()
+            .into_iter()
+            .map(|(key, quarantine)| self.quarantine_json(&key, &quarantine, now))
+            .collect();
+        json_response(StatusCode::OK, &json!({ "quarantined": entries }))
+    }
+
+    fn quarantine_json(
+        &self,
+        key: &str,
+        quarantine: &Quarantine,
+        now_ms: u64,
+    ) -> serde_json::Value {
+        let config = self.config(&quarantine.route);
+        let penalty = self
+            .gateway
+            .guard()
+            .record(key)
+            .map_or(0.0, |r| r.penalty_at(now_ms, &config));
+        json!({
+            "entity": key,
+            "route": quarantine.route,
+            "since_ms": quarantine.since_ms,
+            "penalty": round(penalty),
+            "reason": quarantine.reason.as_str(),
+            "sources": quarantine.sources,
+            "states": quarantine.states,
+            "held": quarantine.held_count,
+            "release_attempts": quarantine.attempts,
+        })
+    }
+
+    /// `POST /admin/quarantine/{entity}/release`: releases now, whatever the penalty.
+    async fn release(&self, key: &str) -> Response<Full<Bytes>> {
+        let outcome = self.gateway.release_now(key).await;
+        let status = match outcome {
+            ReleaseOutcome::NotQuarantined => StatusCode::NOT_FOUND,
+            ReleaseOutcome::Retry | ReleaseOutcome::Busy => StatusCode::ACCEPTED,
+            _ => StatusCode::OK,
+        };
+        tracing::info!(entity = %key, outcome = outcome.as_str(), "release requested on the admin API");
+        json_response(
+            status,
+            &json!({ "entity": key, "outcome": outcome.as_str() }),
+        )
+    }
+
+    /// `GET /admin/entities/{entity}`: last forwarded state, recent transitions and decisions.
+    fn entity(&self, key: &str) -> Response<Full<Bytes>> {
+        let guard = self.gateway.guard();
+        let record = self.gateway.entity_record(key);
+        let damping = guard.record(key);
+        let audit = guard.audit_entries(key);
+        if record.is_none() && damping.is_none() && audit.is_empty() {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": "not_found", "message": format!("ekko has no state for entity `{key}`; percent-encode `/` inside a value as %252F") }),
+            );
+        }
+        let now = self.gateway.now_ms();
+        let quarantine = guard.quarantine(key);
+        let route = quarantine
+            .as_ref()
+            .map(|q| q.route.clone())
+            .or_else(|| audit.last().map(|entry: &AuditEntry| entry.route.clone()));
+        let config = route.as_deref().map(|r| self.config(r)).unwrap_or_default();
+        let transitions: Vec<_> = damping
+            .iter()
+            .flat_map(|d| d.history.iter())
+            .map(|t| json!({ "state": format!("{:016x}", t.state), "at_ms": t.at_ms, "source": t.source }))
+            .collect();
+        let body = json!({
+            "entity": key,
+            "last_forwarded": record.map(|r| json!({ "fingerprint": r.fingerprint.to_hex(), "at_ms": r.forwarded_at_ms })),
+            "penalty": round(damping.as_ref().map_or(0.0, |d| d.penalty_at(now, &config))),
+            "transitions": transitions,
+            "quarantine": quarantine.map(|q| self.quarantine_json(key, &q, now)),
+            "decisions": audit,
+        });
+        json_response(StatusCode::OK, &body)
+    }
+
+    fn config(&self, route: &str) -> LoopGuardConfig {
+        self.gateway.loop_guard_config(route).unwrap_or_default()
+    }
+}
+
+/// Entity keys are taken from the path with one round of percent-decoding.
+fn decode_entity(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({ "error": "method_not_allowed", "message": format!("this admin endpoint accepts {allow}") }),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -23,7 +23,7 @@ pub struct RouteLabels {
 pub struct DecisionLabels {
     /// Route name from the policy.
     pub route: String,
-    /// `forwarded`, `duplicate`, `unchanged`, `rejected` or `upstream_error`.
+    /// `forwarded`, `duplicate`, `unchanged`, `held`, `rejected`, `busy` or `upstream_error`.
     pub decision: &'static str,
 }
 
@@ -43,6 +43,24 @@ pub struct ReasonLabels {
     pub route: String,
     /// A fixed reason name.
     pub reason: &'static str,
+}
+
+/// `route` and `kind` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Route name from the policy.
+    pub route: String,
+    /// `oscillation` or `hops`.
+    pub kind: &'static str,
+}
+
+/// `route` and `outcome` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeRouteLabels {
+    /// Route name from the policy.
+    pub route: String,
+    /// `delivered`, `unchanged`, `empty` or `retry`.
+    pub outcome: &'static str,
 }
 
 /// `upstream` and `code` labels.
@@ -104,6 +122,12 @@ pub struct Metrics {
     pub state_evictions: Counter,
     /// `ekko_snapshot_writes_total{result}`.
     pub snapshot_writes: Family<OutcomeLabels, Counter>,
+    /// `ekko_loop_detections_total{route,kind}`: entities quarantined, by cause.
+    pub loop_detections: Family<KindLabels, Counter>,
+    /// `ekko_quarantined_entities{route}`.
+    pub quarantined_entities: Family<RouteLabels, Gauge>,
+    /// `ekko_loop_releases_total{route,outcome}`.
+    pub loop_releases: Family<OutcomeRouteLabels, Counter>,
 }
 
 impl Metrics {
@@ -121,6 +145,9 @@ impl Metrics {
             state_entities: Gauge::default(),
             state_evictions: Counter::default(),
             snapshot_writes: Family::default(),
+            loop_detections: Family::default(),
+            quarantined_entities: Family::default(),
+            loop_releases: Family::default(),
             registry: Registry::default(),
         };
         metrics.register(&mut registry);
@@ -191,6 +218,21 @@ impl Metrics {
             "snapshot_writes",
             "State snapshot writes by result",
             self.snapshot_writes.clone(),
+        );
+        registry.register(
+            "loop_detections",
+            "Entities quarantined by the loop guard, by cause",
+            self.loop_detections.clone(),
+        );
+        registry.register(
+            "quarantined_entities",
+            "Entities currently quarantined",
+            self.quarantined_entities.clone(),
+        );
+        registry.register(
+            "loop_releases",
+            "Quarantine releases by outcome",
+            self.loop_releases.clone(),
         );
     }
 

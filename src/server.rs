@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::guard::{guard_path, GuardSnapshotError, LoopGuard};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::notify::Gateway;
 use crate::policy::Policy;
@@ -45,9 +46,12 @@ pub enum ServeError {
     /// The snapshot directory does not exist.
     #[error("snapshot directory {0} does not exist; create it or change `state.snapshot`")]
     SnapshotDir(PathBuf),
-    /// The final snapshot could not be written.
-    #[error("final snapshot failed: {0}")]
+    /// The state snapshot could not be written.
+    #[error("snapshot failed: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The guard snapshot could not be written.
+    #[error("guard snapshot failed: {0}")]
+    GuardSnapshot(#[from] GuardSnapshotError),
     /// The routes could not be compiled.
     #[error("policy cannot be compiled: {0}")]
     Compile(String),
@@ -76,18 +80,20 @@ impl Running {
     }
 }
 
-/// Loads the snapshot, binds both listeners and starts serving.
+/// Loads the snapshots, binds both listeners and starts serving.
 pub async fn start(policy: Policy) -> Result<Running, ServeError> {
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(load_state(&policy)?);
     metrics.state_entities.set(state.entities.len() as i64);
-    let gateway = Gateway::new(&policy, state.clone(), metrics.clone())
+    let guard = Arc::new(load_guard(&policy));
+    let gateway = Gateway::new(&policy, state.clone(), guard.clone(), metrics.clone())
         .map_err(|e| ServeError::Compile(e.to_string()))?;
     let gateway = Arc::new(gateway);
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        gateway: gateway.clone(),
     });
 
     let public = bind(policy.listen).await?;
@@ -105,12 +111,13 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
     tracing::info!(%public_addr, %admin_addr, routes = policy.notifications.len(), "ekko listening");
 
     let (stop, stopped) = watch::channel(false);
+    let public_gateway = gateway.clone();
     let public_task = tokio::spawn(accept_loop(
         public,
         stopped.clone(),
         policy.shutdown_grace,
         move |req, peer| {
-            let gateway = gateway.clone();
+            let gateway = public_gateway.clone();
             async move { gateway.handle(req, peer).await }
         },
     ));
@@ -120,28 +127,31 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
         policy.shutdown_grace,
         move |req, _| {
             let admin = admin.clone();
-            async move { admin.handle(&req) }
+            async move { admin.handle(req).await }
         },
     ));
-    let snapshot_task = policy.state.snapshot.clone().map(|path| {
-        tokio::spawn(snapshot_loop(
-            state.clone(),
-            path,
-            policy.state.snapshot_interval,
-            metrics.clone(),
-            stopped,
-        ))
-    });
+    let release_task = tokio::spawn(release_loop(gateway.clone(), stopped.clone()));
+    let snapshots = Snapshots {
+        state,
+        guard,
+        path: policy.state.snapshot.clone(),
+        metrics: metrics.clone(),
+    };
+    let snapshots = Arc::new(snapshots);
+    let snapshot_task = tokio::spawn(snapshot_loop(
+        snapshots.clone(),
+        policy.state.snapshot_interval,
+        stopped,
+    ));
     ready.store(true, Ordering::Release);
 
     let task = tokio::spawn(async move {
         let _ = public_task.await;
         ready.store(false, Ordering::Release);
         let _ = admin_task.await;
-        if let Some(task) = snapshot_task {
-            let _ = task.await;
-        }
-        final_snapshot(&state, &policy).await
+        let _ = release_task.await;
+        let _ = snapshot_task.await;
+        snapshots.save_final().await
     });
     Ok(Running {
         public_addr,
@@ -150,6 +160,23 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
         stop,
         task,
     })
+}
+
+/// How often quarantines are checked for release (1 s).
+const RELEASE_TICK: Duration = Duration::from_secs(1);
+
+/// Releases quarantined entities whose time has come, once per tick, until shutdown.
+async fn release_loop(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(RELEASE_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                gateway.release_due().await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 /// Runs until `signal` completes, then shuts down gracefully.
@@ -196,42 +223,59 @@ fn load_state(policy: &Policy) -> Result<StateStore, ServeError> {
     }
 }
 
-async fn save(
-    state: &Arc<StateStore>,
-    path: PathBuf,
-    metrics: &Metrics,
-) -> Result<(), SnapshotError> {
-    let state = state.clone();
-    let result = tokio::task::spawn_blocking(move || state.save(&path))
+/// The state and guard snapshot files and what they are written from.
+struct Snapshots {
+    state: Arc<StateStore>,
+    guard: Arc<LoopGuard>,
+    path: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+}
+
+impl Snapshots {
+    /// Writes the state snapshot and the guard snapshot beside it, off the async threads.
+    async fn save(&self) -> Result<(), ServeError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let (state, guard) = (self.state.clone(), self.guard.clone());
+        let result = tokio::task::spawn_blocking(move || -> Result<(), ServeError> {
+            state.save(&path)?;
+            guard.save(&guard_path(&path))?;
+            Ok(())
+        })
         .await
-        .unwrap_or_else(|e| {
-            Err(SnapshotError::Io {
-                path: PathBuf::new(),
-                action: "run the snapshot task",
-                source: std::io::Error::other(e.to_string()),
-            })
-        });
-    let label = if result.is_ok() { "ok" } else { "error" };
-    metrics
-        .snapshot_writes
-        .get_or_create(&OutcomeLabels { result: label })
-        .inc();
-    result.map(|_| ())
+        .unwrap_or_else(|e| Err(ServeError::Compile(format!("snapshot task failed: {e}"))));
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .snapshot_writes
+            .get_or_create(&OutcomeLabels { result: label })
+            .inc();
+        result
+    }
+
+    async fn save_final(&self) -> Result<(), ServeError> {
+        self.save().await?;
+        if let Some(path) = &self.path {
+            tracing::info!(path = %path.display(), entities = self.state.entities.len(), "final snapshot written");
+        }
+        Ok(())
+    }
 }
 
 async fn snapshot_loop(
-    state: Arc<StateStore>,
-    path: PathBuf,
+    snapshots: Arc<Snapshots>,
     every: Duration,
-    metrics: Arc<Metrics>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    if snapshots.path.is_none() {
+        return;
+    }
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(error) = save(&state, path.clone(), &metrics).await {
+                if let Err(error) = snapshots.save().await {
                     tracing::error!(%error, "periodic snapshot failed; state since the last good snapshot would be lost on a crash");
                 }
             }
@@ -240,14 +284,24 @@ async fn snapshot_loop(
     }
 }
 
-async fn final_snapshot(state: &Arc<StateStore>, policy: &Policy) -> Result<(), ServeError> {
-    let Some(path) = policy.state.snapshot.clone() else {
-        return Ok(());
+/// Loads the guard snapshot beside the state snapshot; a missing or unusable one starts empty.
+fn load_guard(policy: &Policy) -> LoopGuard {
+    let guard = LoopGuard::new(&policy.state);
+    let Some(path) = &policy.state.snapshot else {
+        return guard;
     };
-    let metrics = Metrics::new();
-    save(state, path.clone(), &metrics).await?;
-    tracing::info!(path = %path.display(), entities = state.entities.len(), "final snapshot written");
-    Ok(())
+    let path = guard_path(path);
+    match guard.load(&path) {
+        Ok(quarantined) => {
+            tracing::info!(path = %path.display(), quarantined, "guard snapshot loaded")
+        }
+        Err(GuardSnapshotError::Missing(_)) => {}
+        Err(error) => {
+            tracing::warn!(%error, "guard snapshot unusable; starting without damping history or held notifications");
+            return LoopGuard::new(&policy.state);
+        }
+    }
+    guard
 }
 
 /// Accepts connections until `stopped` flips, then waits at most `grace` for open

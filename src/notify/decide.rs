@@ -9,6 +9,7 @@ use super::fingerprint::{compute, Fingerprint};
 use super::locks::{EntitySlot, StateFetch};
 use super::route::Matched;
 use super::Gateway;
+use crate::guard::Reason;
 use crate::metrics::{ReasonLabels, ResultLabels};
 use crate::policy::FingerprintSource;
 
@@ -25,15 +26,26 @@ pub enum Decision {
     Duplicate,
     /// The entity's state equals the state last forwarded.
     Unchanged,
+    /// The entity is quarantined; the notification is held for delivery on release.
+    Held(Reason),
 }
 
 impl Decision {
-    /// The label and header value: `forwarded`, `duplicate` or `unchanged`.
+    /// The metric label: `forwarded`, `duplicate`, `unchanged` or `held`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Forward => "forwarded",
             Self::Duplicate => "duplicate",
             Self::Unchanged => "unchanged",
+            Self::Held(_) => "held",
+        }
+    }
+
+    /// The `Ekko-Decision` entry, such as `unchanged` or `held; reason=oscillation`.
+    pub fn header_value(self) -> String {
+        match self {
+            Self::Held(reason) => format!("held; reason={}", reason.as_str()),
+            other => other.as_str().to_owned(),
         }
     }
 }
@@ -50,6 +62,15 @@ pub struct Verdict {
     /// The entity's current fingerprint; `None` when none could be computed (fail open)
     /// or the route fingerprints nothing.
     pub fingerprint: Option<Fingerprint>,
+    /// The notification's causal hop count: the larger of what it carries and the number of
+    /// forwards already made for this entity in its trace.
+    pub hops: u32,
+    /// W3C trace id, when the notification carried a valid `traceparent`.
+    pub trace: Option<String>,
+    /// The notification's `source`.
+    pub source: Option<String>,
+    /// On a shadow route: the hold that enforce mode would have made.
+    pub would_hold: Option<Reason>,
 }
 
 /// Decisions made earlier in the same batch and not yet committed.
@@ -90,6 +111,10 @@ impl Gateway {
                     event_key: Some(event_key.clone()),
                     decision: Decision::Duplicate,
                     fingerprint: None,
+                    hops: 0,
+                    trace: None,
+                    source: event.source.clone(),
+                    would_hold: None,
                 };
             }
         }
@@ -110,6 +135,10 @@ impl Gateway {
                 Decision::Forward
             },
             fingerprint,
+            hops: 0,
+            trace: None,
+            source: event.source.clone(),
+            would_hold: None,
         }
     }
 

@@ -48,6 +48,13 @@ impl Event {
     }
 }
 
+/// CloudEvents extension attribute that carries ekko's causal hop count.
+pub const HOPS_ATTRIBUTE: &str = "ekkohops";
+
+/// AMQP application property (`properties.headers`) that carries the hop count in
+/// RabbitMQ publish bodies.
+pub const HOPS_AMQP_HEADER: &str = "ekko-hops";
+
 /// The result of decoding a request body.
 #[derive(Debug)]
 pub enum Decoded {
@@ -640,6 +647,17 @@ fn decode_rabbitmq_publish(pointers: &Pointers, body: &[u8]) -> Result<Event, De
     event
         .extra
         .push(("routing_key".to_owned(), publish.routing_key));
+    // ekko's causal hop count travels as an AMQP header, so consumers that republish can keep it.
+    let hops = publish
+        .properties
+        .get("headers")
+        .and_then(|headers| headers.get(HOPS_AMQP_HEADER))
+        .and_then(|value| scalar_text(value).ok().flatten());
+    if let Some(hops) = hops {
+        if !event.extra.iter().any(|(name, _)| name == HOPS_ATTRIBUTE) {
+            event.extra.push((HOPS_ATTRIBUTE.to_owned(), hops));
+        }
+    }
     Ok(event)
 }
 

@@ -17,8 +17,19 @@ use crate::policy::RouteMode;
 use crate::state::EntityRecord;
 use crate::upstream::{forward_headers, response_headers, UpstreamClient};
 
+/// How the hop count is written into a forwarded request.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Hops {
+    /// A single notification: header and, where the format allows, the body.
+    Single(u32),
+    /// A batch whose elements are already stamped: the header carries the largest count.
+    Batch(u32),
+    /// An undecodable notification: nothing is known about it.
+    Unknown,
+}
+
 /// Maximum upstream response body relayed to the producer (4 MiB); a larger one is a 502.
-const FORWARD_RESPONSE_LIMIT: usize = 4 << 20;
+pub(super) const FORWARD_RESPONSE_LIMIT: usize = 4 << 20;
 
 impl Gateway {
     /// Whether nothing is forwarded: an enforcing route where every verdict suppresses.
@@ -44,6 +55,24 @@ impl Gateway {
                 }
             }
             self.count(&route.name, verdict.decision.as_str(), 1);
+            self.audit(
+                &route.name,
+                verdict,
+                verdict.decision.as_str(),
+                reason_text(verdict),
+            );
+        }
+        if let [verdict] = verdicts {
+            if let Decision::Held(reason) = verdict.decision {
+                let body = serde_json::json!({
+                    "decision": "held",
+                    "reason": reason.as_str(),
+                    "entity": verdict.key,
+                });
+                let mut reply = json_response(http::StatusCode::ACCEPTED, &body);
+                set_decision(&mut reply, &verdict.decision.header_value());
+                return reply;
+            }
         }
 
         let response = &route.suppressed_response;
@@ -72,7 +101,24 @@ impl Gateway {
         verdicts: &[Verdict],
     ) -> Result<Response<Full<Bytes>>, NotifyError> {
         let route = &matched.route.route;
-        let upstream_response = self.forward(matched, parts, body, peer).await?;
+        let hops = verdicts
+            .iter()
+            .map(|v| v.hops.saturating_add(1))
+            .max()
+            .unwrap_or(1);
+        let stamp = match verdicts {
+            [_] => Hops::Single(hops),
+            _ => Hops::Batch(hops),
+        };
+        let upstream_response = match self.forward(matched, parts, body, peer, stamp).await {
+            Ok(response) => response,
+            Err(error) => {
+                for verdict in verdicts {
+                    self.audit(&route.name, verdict, "upstream_error", error.to_string());
+                }
+                return Err(error);
+            }
+        };
 
         let shadow = route.mode == RouteMode::Shadow;
         let accepted = upstream_response.status().is_success();
@@ -112,7 +158,9 @@ impl Gateway {
         body: Bytes,
         peer: SocketAddr,
     ) -> Result<Response<Full<Bytes>>, NotifyError> {
-        let upstream_response = self.forward(matched, parts, body, peer).await?;
+        let upstream_response = self
+            .forward(matched, parts, body, peer, Hops::Unknown)
+            .await?;
         self.count(&matched.route.route.name, "forwarded", 1);
         let mut reply = relay(upstream_response);
         set_decision(&mut reply, "forwarded");
@@ -125,6 +173,7 @@ impl Gateway {
         parts: &Parts,
         body: Bytes,
         peer: SocketAddr,
+        hops: Hops,
     ) -> Result<Response<Bytes>, NotifyError> {
         let route = &matched.route.route;
         let upstream = self.upstreams.get(&route.upstream).ok_or_else(|| {
@@ -138,10 +187,19 @@ impl Gateway {
         let uri = UpstreamClient::uri(upstream, path_and_query)
             .map_err(|e| NotifyError::Internal(format!("cannot build the upstream URI: {e}")))?;
 
+        let mut headers = forward_headers(&parts.headers, upstream, peer);
+        let body = match hops {
+            Hops::Single(hops) => crate::guard::stamp(&route.format, &mut headers, body, hops),
+            Hops::Batch(hops) => {
+                headers.insert(crate::guard::HOPS_HEADER, HeaderValue::from(hops));
+                body
+            }
+            Hops::Unknown => body,
+        };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = forward_headers(&parts.headers, upstream, peer);
+        *request.headers_mut() = headers;
         let response = self
             .client
             .send(upstream, request, FORWARD_RESPONSE_LIMIT)
@@ -170,6 +228,32 @@ impl Gateway {
         if let Some(event_key) = &verdict.event_key {
             self.state.record_event(event_key, now_ms);
         }
+        let config = &matched.route.route.loop_guard;
+        if config.enabled {
+            let state = verdict.fingerprint.as_ref().map(crate::guard::short);
+            self.guard.commit(
+                &verdict.key,
+                state,
+                verdict.source.as_deref(),
+                verdict.trace.as_deref(),
+                now_ms,
+                config,
+            );
+        }
+    }
+}
+
+/// A few words on why a verdict was reached, for the audit ring.
+fn reason_text(verdict: &Verdict) -> String {
+    let state = match verdict.fingerprint {
+        Some(fingerprint) => format!("state {}", &fingerprint.to_hex()[..16]),
+        None => "no state".to_owned(),
+    };
+    match verdict.decision {
+        Decision::Duplicate => "event id seen within duplicate_window".to_owned(),
+        Decision::Unchanged => format!("{state} equals the last forwarded state"),
+        Decision::Forward => format!("{state}; hops {}", verdict.hops),
+        Decision::Held(reason) => format!("{state}; held for {}", reason.as_str()),
     }
 }
 
@@ -194,13 +278,7 @@ fn decision_header(matched: &Matched<'_>, verdicts: &[Verdict]) -> String {
     let shadow = matched.route.route.mode == RouteMode::Shadow;
     let entries: Vec<String> = verdicts
         .iter()
-        .map(|v| {
-            if shadow {
-                format!("forwarded; would={}", v.decision.as_str())
-            } else {
-                v.decision.as_str().to_owned()
-            }
-        })
+        .map(|v| super::guarded::decision_entry(shadow, v))
         .collect();
     if entries.is_empty() {
         "unchanged".to_owned()

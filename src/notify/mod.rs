@@ -5,6 +5,7 @@ mod decide;
 pub mod envelope;
 pub mod fingerprint;
 mod forward;
+mod guarded;
 mod locks;
 pub mod mask;
 mod reply;
@@ -23,8 +24,10 @@ use hyper::body::Body;
 use tokio::time::Instant;
 
 pub use decide::{Decision, Verdict, LOOKUP_BODY_LIMIT};
+pub use guarded::{ReleaseOutcome, COALESCED_HEADER};
 pub use reply::{json_response, NotifyError, DECISION_HEADER};
 
+use crate::guard::{self, LoopGuard};
 use crate::metrics::{DecisionLabels, Metrics, RouteLabels};
 use crate::policy::{OnUndecodable, Policy, UpstreamConfig};
 use crate::state::StateStore;
@@ -78,6 +81,7 @@ pub struct Gateway {
     upstreams: BTreeMap<String, UpstreamConfig>,
     client: UpstreamClient,
     state: Arc<StateStore>,
+    guard: Arc<LoopGuard>,
     metrics: Arc<Metrics>,
     locks: EntityLocks,
     clock: Clock,
@@ -88,6 +92,7 @@ impl Gateway {
     pub fn new(
         policy: &Policy,
         state: Arc<StateStore>,
+        loop_guard: Arc<LoopGuard>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, mask::MaskError> {
         let routes = policy
@@ -107,10 +112,34 @@ impl Gateway {
             upstreams: policy.upstreams.clone(),
             client: UpstreamClient::new(connect_timeout, metrics.clone()),
             state,
+            guard: loop_guard,
             metrics,
             locks: EntityLocks::default(),
             clock: Clock::new(),
         })
+    }
+
+    /// The loop guard's tables, for the admin API.
+    pub fn guard(&self) -> &LoopGuard {
+        &self.guard
+    }
+
+    /// The last forwarded state of an entity, for the admin API.
+    pub fn entity_record(&self, key: &str) -> Option<crate::state::EntityRecord> {
+        self.state.entities.peek(key)
+    }
+
+    /// The loop guard settings of route `name`.
+    pub fn loop_guard_config(&self, name: &str) -> Option<crate::policy::LoopGuardConfig> {
+        self.routes
+            .iter()
+            .find(|r| r.route.name == name)
+            .map(|r| r.route.loop_guard.clone())
+    }
+
+    /// Milliseconds since the Unix epoch on the gateway's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// The fingerprint settings digest of route `name`, as stored with its fingerprints.
@@ -254,7 +283,7 @@ impl Gateway {
             .acquire(&key, route.max_entity_wait)
             .await
             .ok_or(NotifyError::EntityBusy)?;
-        let verdict = self
+        let mut verdict = self
             .decide(
                 matched,
                 key,
@@ -264,6 +293,10 @@ impl Gateway {
                 &Pending::default(),
             )
             .await;
+        self.causal_context(&parts.headers, &event, &mut verdict);
+        self.apply_guard(matched, &mut verdict, |v| {
+            Self::held_copy(parts, &body, peer, v)
+        });
         tracing::debug!(route = %route.name, entity = %verdict.key, decision = verdict.decision.as_str(), "decided");
 
         let verdicts = [verdict];
@@ -308,13 +341,23 @@ impl Gateway {
 
         let mut pending = Pending::default();
         let mut verdicts = Vec::with_capacity(events.len());
-        for ((event, _), key) in events.iter().zip(keys) {
+        for ((event, raw), key) in events.iter().zip(keys) {
             let guard = guards
                 .get_mut(&key)
                 .expect("a lock was taken for every key");
-            let verdict = self
+            let mut verdict = self
                 .decide(matched, key, event, arrived, guard.slot(), &pending)
                 .await;
+            self.causal_context(&parts.headers, event, &mut verdict);
+            let held_body = bytes::Bytes::copy_from_slice(raw.get().as_bytes());
+            self.apply_guard(matched, &mut verdict, |v| {
+                let mut held = Self::held_copy(parts, &held_body, peer, v);
+                held.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/cloudevents+json"),
+                );
+                held
+            });
             if verdict.decision == Decision::Forward {
                 if let Some(fingerprint) = verdict.fingerprint {
                     pending
@@ -332,14 +375,25 @@ impl Gateway {
             return Ok(self.suppress(matched, &verdicts));
         }
         let shadow = route.mode == crate::policy::RouteMode::Shadow;
-        let kept = events
+        let stamped: Vec<Box<serde_json::value::RawValue>> = events
             .iter()
             .zip(&verdicts)
             .filter(|(_, v)| shadow || v.decision == Decision::Forward)
-            .map(|((_, raw), _)| raw.as_ref());
-        let body = envelope::encode_batch(kept);
+            .map(|((_, raw), v)| stamp_element(raw, v.hops.saturating_add(1)))
+            .collect();
+        let body = envelope::encode_batch(stamped.iter().map(|raw| raw.as_ref()));
         self.forward_and_commit(matched, parts, body, peer, &verdicts)
             .await
+    }
+
+    /// Fills in the verdict's trace id, hop count and source for the loop guard.
+    fn causal_context(&self, headers: &http::HeaderMap, event: &Event, verdict: &mut Verdict) {
+        verdict.trace = guard::trace_id(headers, event).map(str::to_owned);
+        let in_trace = verdict
+            .trace
+            .as_deref()
+            .map_or(0, |trace| self.guard.trace_forwards(trace, &verdict.key));
+        verdict.hops = guard::carried_hops(headers, event).max(in_trace);
     }
 
     fn count(&self, route: &str, decision: &'static str, by: u64) {
@@ -351,6 +405,15 @@ impl Gateway {
             })
             .inc_by(by);
     }
+}
+
+/// Writes the hop count into one batch element; keeps the element as it was if it
+/// cannot be rewritten.
+fn stamp_element(raw: &serde_json::value::RawValue, hops: u32) -> Box<serde_json::value::RawValue> {
+    guard::stamp_structured(raw.get().as_bytes(), hops)
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .and_then(|text| serde_json::value::RawValue::from_string(text).ok())
+        .unwrap_or_else(|| raw.to_owned())
 }
 
 /// Rejects `.` and `..` path segments, also percent-encoded: an upstream that normalises

@@ -34,6 +34,12 @@ pub struct StateConfig {
     pub max_entities: NonZeroUsize,
     /// Maximum number of remembered event ids for duplicate detection (default 1,000,000).
     pub max_event_ids: NonZeroUsize,
+    /// Maximum number of (trace id, entity) pairs whose causal hop count is tracked
+    /// (default 100,000).
+    pub max_traces: NonZeroUsize,
+    /// Maximum number of entities held in quarantine at once (default 10,000). Past it, a
+    /// detected loop is forwarded instead of held, so the bound can only make ekko forward more.
+    pub max_quarantined: NonZeroUsize,
     /// Snapshot file; `None` keeps state in memory only.
     pub snapshot: Option<PathBuf>,
     /// Period between snapshot writes (default 60 s).
@@ -166,4 +172,45 @@ pub struct NotificationRoute {
     pub suppressed_response: SuppressedResponse,
     /// Maximum time a notification waits for an earlier one of the same entity (default 10 s).
     pub max_entity_wait: Duration,
+    /// Echo-loop damping settings.
+    pub loop_guard: LoopGuardConfig,
+}
+
+/// The `loop_guard` section: route-flap damping (RFC 2439) applied to entities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopGuardConfig {
+    /// Whether the guard runs (default true).
+    pub enabled: bool,
+    /// Time for the flap penalty to halve (default 30 s).
+    pub half_life: Duration,
+    /// Penalty of a forwarded change to a state not seen recently (default 1).
+    pub change_penalty: f64,
+    /// Penalty of a forwarded change back to a recently seen state, A → B → A (default 4).
+    pub return_penalty: f64,
+    /// Penalty above which the entity is quarantined (default 12).
+    pub suppress_above: f64,
+    /// Penalty below which a quarantined entity is released (default 2).
+    pub reuse_below: f64,
+    /// Longest time an entity stays quarantined (default 15 m).
+    pub max_quarantine: Duration,
+    /// Causal hop count at which a notification is held (default 10).
+    pub max_hops: u32,
+    /// Number of recent distinct fingerprints kept per entity to detect returns (default 4).
+    pub history: usize,
+}
+
+impl Default for LoopGuardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            half_life: Duration::from_secs(30),
+            change_penalty: 1.0,
+            return_penalty: 4.0,
+            suppress_above: 12.0,
+            reuse_below: 2.0,
+            max_quarantine: Duration::from_secs(15 * 60),
+            max_hops: 10,
+            history: 4,
+        }
+    }
 }

@@ -11,8 +11,8 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::model::{
-    FingerprintSource, FingerprintSpec, Format, NotificationRoute, OnUndecodable, Pointers, Policy,
-    RouteMode, StateConfig, SuppressedResponse, UpstreamConfig,
+    FingerprintSource, FingerprintSpec, Format, LoopGuardConfig, NotificationRoute, OnUndecodable,
+    Pointers, Policy, RouteMode, StateConfig, SuppressedResponse, UpstreamConfig,
 };
 use super::template::{PathPattern, Template, TemplateError};
 use super::units::{self, UnitError};
@@ -100,6 +100,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy,
     Err(PolicyErrors(checker.into_problems()))
 }
 
+mod loop_guard;
+
 const TOP_KEYS: &[&str] = &[
     "listen",
     "admin_listen",
@@ -111,6 +113,8 @@ const TOP_KEYS: &[&str] = &[
 const STATE_KEYS: &[&str] = &[
     "max_entities",
     "max_event_ids",
+    "max_traces",
+    "max_quarantined",
     "snapshot",
     "snapshot_interval",
 ];
@@ -129,6 +133,7 @@ const ROUTE_KEYS: &[&str] = &[
     "mode",
     "max_entity_wait",
     "suppressed_response",
+    "loop_guard",
 ];
 const MATCH_KEYS: &[&str] = &["method", "path"];
 const POINTER_KEYS: &[&str] = &["id", "source", "type", "subject", "data"];
@@ -158,6 +163,8 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_ENTITIES: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
 const DEFAULT_MAX_EVENT_IDS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
+const DEFAULT_MAX_TRACES: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
+const DEFAULT_MAX_QUARANTINED: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -586,6 +593,8 @@ impl Checker {
             return Some(StateConfig {
                 max_entities: DEFAULT_MAX_ENTITIES,
                 max_event_ids: DEFAULT_MAX_EVENT_IDS,
+                max_traces: DEFAULT_MAX_TRACES,
+                max_quarantined: DEFAULT_MAX_QUARANTINED,
                 snapshot: None,
                 snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             });
@@ -598,6 +607,13 @@ impl Checker {
             "1000000",
             DEFAULT_MAX_EVENT_IDS,
         );
+        let max_traces =
+            self.optional_count(fields.get("max_traces"), "100000", DEFAULT_MAX_TRACES);
+        let max_quarantined = self.optional_count(
+            fields.get("max_quarantined"),
+            "10000",
+            DEFAULT_MAX_QUARANTINED,
+        );
         let snapshot = self.snapshot_path(fields.get("snapshot"));
         let snapshot_interval = self.optional_positive_duration(
             fields.get("snapshot_interval"),
@@ -607,6 +623,8 @@ impl Checker {
         Some(StateConfig {
             max_entities: max_entities?,
             max_event_ids: max_event_ids?,
+            max_traces: max_traces?,
+            max_quarantined: max_quarantined?,
             snapshot: snapshot?,
             snapshot_interval: snapshot_interval?,
         })
@@ -867,6 +885,7 @@ impl Checker {
         let fingerprint = self.fingerprint(fields.get("fingerprint"), &context);
         let limits = self.route_limits(&fields);
         let suppressed_response = self.suppressed_response(fields.get("suppressed_response"));
+        let loop_guard = self.loop_guard(fields.get("loop_guard"));
 
         let (method, path) = matcher?;
         let (duplicate_window, max_body, on_undecodable, mode, max_entity_wait) = limits?;
@@ -884,6 +903,7 @@ impl Checker {
             mode,
             suppressed_response: suppressed_response?,
             max_entity_wait,
+            loop_guard: loop_guard?,
         })
     }
 

@@ -1,0 +1,179 @@
+//! Causal hop count: read from and written to notifications, and W3C trace ids.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::notify::envelope::{Event, HOPS_AMQP_HEADER, HOPS_ATTRIBUTE};
+use crate::policy::Format;
+
+/// HTTP header that carries ekko's hop count on every forwarded notification.
+pub const HOPS_HEADER: HeaderName = HeaderName::from_static("ekko-hops");
+
+/// The hop count a notification carries: the larger of the `Ekko-Hops` header and the
+/// event's own `ekkohops` attribute or AMQP header. Unparseable values count as 0.
+pub fn carried_hops(headers: &HeaderMap, event: &Event) -> u32 {
+    let header = headers
+        .get(&HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let attribute = event
+        .field(HOPS_ATTRIBUTE)
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    header.max(attribute)
+}
+
+/// The trace id of a W3C `traceparent` (Trace Context, version 00 format:
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`), from the HTTP header or the
+/// CloudEvents distributed-tracing attribute. An all-zero or malformed id gives `None`.
+pub fn trace_id<'a>(headers: &'a HeaderMap, event: &'a Event) -> Option<&'a str> {
+    let value = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| event.field("traceparent"))?;
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let valid = version.len() == 2
+        && version != "ff"
+        && trace.len() == 32
+        && parent.len() == 16
+        && trace
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && trace.bytes().any(|b| b != b'0');
+    valid.then_some(trace)
+}
+
+/// Writes `hops` into a forwarded single notification: the `Ekko-Hops` header always, and
+/// inside the body where the format has a place for it, so consumers that republish can
+/// carry it on. Returns the body unchanged when it cannot be rewritten.
+pub fn stamp(format: &Format, headers: &mut HeaderMap, body: Bytes, hops: u32) -> Bytes {
+    headers.insert(HOPS_HEADER, HeaderValue::from(hops));
+    match format {
+        Format::CloudEvents if headers.contains_key("ce-specversion") => {
+            headers.insert(
+                HeaderName::from_static("ce-ekkohops"),
+                HeaderValue::from(hops),
+            );
+            body
+        }
+        Format::CloudEvents => stamp_structured(&body, hops).unwrap_or(body),
+        Format::RabbitmqPublish(_) => stamp_publish(&body, hops).unwrap_or(body),
+        Format::Json(_) => body,
+    }
+}
+
+/// Sets `ekkohops` in a structured CloudEvent. Member values keep their exact text;
+/// members are written in sorted order.
+pub fn stamp_structured(body: &[u8], hops: u32) -> Option<Bytes> {
+    let mut members: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(body).ok()?;
+    members.insert(
+        HOPS_ATTRIBUTE.to_owned(),
+        RawValue::from_string(hops.to_string()).ok()?,
+    );
+    serde_json::to_vec(&members).ok().map(Bytes::from)
+}
+
+/// Sets `properties.headers["ekko-hops"]` in a RabbitMQ management publish body.
+fn stamp_publish(body: &[u8], hops: u32) -> Option<Bytes> {
+    let mut publish: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let properties = publish.get_mut("properties")?.as_object_mut()?;
+    let headers = properties
+        .entry("headers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if headers.is_null() {
+        *headers = Value::Object(Map::new());
+    }
+    headers
+        .as_object_mut()?
+        .insert(HOPS_AMQP_HEADER.to_owned(), Value::from(hops));
+    serde_json::to_vec(&publish).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_with(name: &str, value: &str) -> Event {
+        Event {
+            extra: vec![(name.to_owned(), value.to_owned())],
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn carried_hops_takes_the_larger_value() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOPS_HEADER, HeaderValue::from_static("3"));
+        assert_eq!(carried_hops(&headers, &event_with("ekkohops", "5")), 5);
+        assert_eq!(carried_hops(&headers, &Event::default()), 3);
+        assert_eq!(
+            carried_hops(&HeaderMap::new(), &event_with("ekkohops", "x")),
+            0
+        );
+    }
+
+    #[test]
+    fn trace_id_is_read_from_valid_traceparent() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        assert_eq!(
+            trace_id(&headers, &Event::default()),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
+
+    #[test]
+    fn invalid_traceparent_has_no_trace_id() {
+        for value in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", HeaderValue::from_static(value));
+            assert_eq!(trace_id(&headers, &Event::default()), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn structured_event_gets_hops_and_keeps_values() {
+        let body =
+            br#"{"specversion":"1.0","id":"1","data":{"n":1.50,"big":12345678901234567890}}"#;
+        let stamped = stamp_structured(body, 4).unwrap();
+        let text = std::str::from_utf8(&stamped).unwrap();
+        assert!(text.contains(r#""ekkohops":4"#), "{text}");
+        assert!(
+            text.contains(r#"{"n":1.50,"big":12345678901234567890}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn publish_body_gets_amqp_header() {
+        let body =
+            br#"{"properties":{},"routing_key":"k","payload":"{}","payload_encoding":"string"}"#;
+        let mut headers = HeaderMap::new();
+        let stamped = stamp(
+            &Format::RabbitmqPublish(Default::default()),
+            &mut headers,
+            Bytes::from_static(body),
+            2,
+        );
+        let value: Value = serde_json::from_slice(&stamped).unwrap();
+        assert_eq!(value["properties"]["headers"]["ekko-hops"], 2);
+        assert_eq!(value["payload"], "{}");
+        assert_eq!(headers[HOPS_HEADER], "2");
+    }
+}
