@@ -333,3 +333,20 @@ pub fn cloudevent(id: &str, subject: &str, data: serde_json::Value) -> String {
 }
 
 pub const CE_JSON: &str = "application/cloudevents+json";
+
+/// Builds a RabbitMQ management API publish body, as sent to
+/// `POST /api/exchanges/{vhost}/{exchange}/publish`, with `payload` as a UTF-8 string and
+/// `properties` as given, such as `{"message_id": "m1"}`.
+pub fn rabbitmq_publish_body(
+    properties: serde_json::Value,
+    routing_key: &str,
+    payload: &str,
+) -> String {
+    serde_json::json!({
+        "properties": properties,
+        "routing_key": routing_key,
+        "payload": payload,
+        "payload_encoding": "string",
+    })
+    .to_string()
+}
