@@ -58,8 +58,10 @@ fn suppressed_notification(c: &mut Criterion) {
         policy.state.max_entities,
         policy.state.max_event_ids,
     ));
-    let gateway = runtime
-        .block_on(async { Gateway::new(&policy, state.clone(), metrics).expect("routes compile") });
+    let guard = Arc::new(ekko::guard::LoopGuard::new(&policy.state));
+    let gateway = runtime.block_on(async {
+        Gateway::new(&policy, state.clone(), guard, metrics).expect("routes compile")
+    });
     let body = body();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 

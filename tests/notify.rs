@@ -84,7 +84,9 @@ async fn real_change_is_forwarded_with_original_body() {
     assert_eq!(answer.decision(), "forwarded");
     let received = queue.received();
     assert_eq!(received.len(), 2);
-    assert_eq!(received[1].body, second.as_bytes());
+    let expected = second.replacen('{', r#"{"ekkohops":1,"#, 1);
+    assert_eq!(received[1].body, expected.as_bytes());
+    assert_eq!(received[1].headers["ekko-hops"], "1");
     assert_eq!(received[1].path_and_query, "/events");
 }
 

@@ -70,9 +70,25 @@ pub fn stamp(format: &Format, headers: &mut HeaderMap, body: Bytes, hops: u32) -
     }
 }
 
-/// Sets `ekkohops` in a structured CloudEvent. Member values keep their exact text;
-/// members are written in sorted order.
+/// Sets `ekkohops` in a structured CloudEvent. Without an `ekkohops` member the attribute
+/// is inserted right after the opening brace and every other byte stays as sent. With one,
+/// the object is rewritten: member values keep their exact text, members are sorted.
 pub fn stamp_structured(body: &[u8], hops: u32) -> Option<Bytes> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    let quoted = format!("\"{HOPS_ATTRIBUTE}\"");
+    if !body.windows(quoted.len()).any(|w| w == quoted.as_bytes()) {
+        let rest = &body[start + 1..];
+        let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+        let separator = if empty { "" } else { "," };
+        let mut out = Vec::with_capacity(body.len() + 24);
+        out.extend_from_slice(&body[..=start]);
+        out.extend_from_slice(format!("{quoted}:{hops}{separator}").as_bytes());
+        out.extend_from_slice(rest);
+        return Some(Bytes::from(out));
+    }
     let mut members: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(body).ok()?;
     members.insert(
         HOPS_ATTRIBUTE.to_owned(),
@@ -145,6 +161,14 @@ mod tests {
             headers.insert("traceparent", HeaderValue::from_static(value));
             assert_eq!(trace_id(&headers, &Event::default()), None, "{value}");
         }
+    }
+
+    #[test]
+    fn structured_event_without_hops_keeps_its_bytes() {
+        let body = br#" {"specversion":"1.0", "data":{"n":1.50}}"#;
+        let stamped = stamp_structured(body, 1).unwrap();
+        assert_eq!(&stamped[..], br#" {"ekkohops":1,"specversion":"1.0", "data":{"n":1.50}}"#);
+        assert_eq!(&stamp_structured(b"{ }", 2).unwrap()[..], br#"{"ekkohops":2 }"#);
     }
 
     #[test]

@@ -163,7 +163,7 @@ mod tests {
     fn held_notification_survives_serialization() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
-        headers.append("x-binary", HeaderValue::from_bytes(b"\xff\x01").unwrap());
+        headers.append("x-binary", HeaderValue::from_bytes(b"\xff\x80").unwrap());
         let held = HeldNotification {
             method: Method::POST,
             path_and_query: "/events?x=1".into(),
