@@ -349,4 +349,125 @@ pub fn rabbitmq_publish_body(
         "payload_encoding": "string",
     })
     .to_string()
+impl MockServer {
+    /// Starts a server that replies like [`MockServer::start`] and adds `extra` to every
+    /// response's headers, such as hop-by-hop fields that a proxy must not relay.
+    pub async fn start_with_response_headers(
+        extra: Vec<(&'static str, &'static str)>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));
+        let extra = Arc::new(extra);
+        let (rec, hand) = (received.clone(), handler.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rec, hand, extra) = (rec.clone(), hand.clone(), extra.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (rec, hand, extra) = (rec.clone(), hand.clone(), extra.clone());
+                        async move {
+                            let mut response = answer(req, rec, hand).await?;
+                            for (name, value) in extra.iter() {
+                                response.headers_mut().append(*name, value.parse().unwrap());
+                            }
+                            Ok::<_, std::io::Error>(response)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            received,
+            handler,
+            task,
+        }
+    }
+}
+
+impl Ekko {
+    /// Address of the public (notification) listener.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().public_addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().admin_addr
+    }
+}
+
+/// Sends `request` as raw bytes over a new TCP connection and reads one response.
+///
+/// Use it for requests that a client library would rewrite: chunked bodies without
+/// `Content-Length`, hop-by-hop headers, `..` path segments. The response must carry
+/// `Content-Length`: the read stops once the body has that many bytes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buffer = Vec::new();
+    loop {
+        if let Some(answer) = parse_response(&buffer) {
+            return answer;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).await.unwrap();
+        if read == 0 {
+            return parse_response(&buffer).expect("connection closed before a full response");
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Parses one HTTP/1.1 response with a `Content-Length` body; `None` while incomplete.
+fn parse_response(buffer: &[u8]) -> Option<Answer> {
+    let head_end = buffer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buffer[..head_end]).expect("response head is UTF-8");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        headers.append(
+            http::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    let length: usize = headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+        .unwrap_or(0);
+    let body = &buffer[head_end + 4..];
+    if body.len() < length {
+        return None;
+    }
+    Some(Answer {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers,
+        body: Bytes::copy_from_slice(&body[..length]),
+    })
+}
+
+/// Yields to the runtime until `condition` holds, so a test can wait for a mock to see a
+/// request without sleeping. Panics with `what` after 100 000 rounds.
+pub async fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
+    for _ in 0..100_000 {
+        if condition() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("gave up waiting until {what}");
 }
