@@ -167,8 +167,14 @@ mod tests {
     fn structured_event_without_hops_keeps_its_bytes() {
         let body = br#" {"specversion":"1.0", "data":{"n":1.50}}"#;
         let stamped = stamp_structured(body, 1).unwrap();
-        assert_eq!(&stamped[..], br#" {"ekkohops":1,"specversion":"1.0", "data":{"n":1.50}}"#);
-        assert_eq!(&stamp_structured(b"{ }", 2).unwrap()[..], br#"{"ekkohops":2 }"#);
+        assert_eq!(
+            &stamped[..],
+            br#" {"ekkohops":1,"specversion":"1.0", "data":{"n":1.50}}"#
+        );
+        assert_eq!(
+            &stamp_structured(b"{ }", 2).unwrap()[..],
+            br#"{"ekkohops":2 }"#
+        );
     }
 
     #[test]

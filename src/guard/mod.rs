@@ -40,6 +40,19 @@ pub struct AuditEntry {
     pub source: Option<String>,
 }
 
+/// A detected loop: which entity, through which route, why, and the notification's source.
+#[derive(Debug, Clone, Copy)]
+pub struct Detection<'a> {
+    /// Entity key.
+    pub key: &'a str,
+    /// Route name.
+    pub route: &'a str,
+    /// Why the entity is quarantined.
+    pub reason: Reason,
+    /// The `source` of the notification that tripped the guard.
+    pub source: Option<&'a str>,
+}
+
 /// Causal chain count for one (trace id, entity) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceCount {
@@ -155,14 +168,17 @@ impl LoopGuard {
     /// when `max_quarantined` entities are quarantined already: the caller forwards instead.
     pub fn enter(
         &self,
-        key: &str,
-        route: &str,
-        reason: Reason,
+        detection: Detection<'_>,
         held: HeldNotification,
-        source: Option<&str>,
         now_ms: u64,
         config: &LoopGuardConfig,
     ) -> bool {
+        let Detection {
+            key,
+            route,
+            reason,
+            source,
+        } = detection;
         let mut record = self.records.get(key).unwrap_or_default();
         let state = held.fingerprint.as_ref().map(short);
         match (reason, state) {

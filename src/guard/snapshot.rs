@@ -186,15 +186,13 @@ mod tests {
         let guard = LoopGuard::new(&state_config());
         let config = LoopGuardConfig::default();
         guard.commit("a", Some(5), Some("hr"), Some("t1"), 10, &config);
-        assert!(guard.enter(
-            "a",
-            "hr",
-            Reason::Oscillation,
-            held(),
-            Some("iga"),
-            20,
-            &config
-        ));
+        let detection = crate::guard::Detection {
+            key: "a",
+            route: "hr",
+            reason: Reason::Oscillation,
+            source: Some("iga"),
+        };
+        assert!(guard.enter(detection, held(), 20, &config));
 
         assert_eq!(guard.save(&path).unwrap(), 1);
         let loaded = LoopGuard::new(&state_config());

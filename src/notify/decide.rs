@@ -100,9 +100,10 @@ impl Gateway {
             .map(|id| format!("{}\0{}", event.source.as_deref().unwrap_or(""), id));
         let window_ms = route.duplicate_window.as_millis() as u64;
         if let Some(event_key) = &event_key {
-            let seen = pending.events.contains(event_key)
-                || (window_ms > 0
-                    && self
+            // A zero window turns duplicate detection off, also within one batch.
+            let seen = window_ms > 0
+                && (pending.events.contains(event_key)
+                    || self
                         .state
                         .event_seen_within(event_key, self.clock.now_ms(), window_ms));
             if seen {

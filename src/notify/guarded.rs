@@ -11,7 +11,7 @@ use http_body_util::Full;
 use super::decide::{Decision, Verdict};
 use super::route::Matched;
 use super::Gateway;
-use crate::guard::{short, AuditEntry, HeldNotification, Reason};
+use crate::guard::{short, AuditEntry, Detection, HeldNotification, Reason};
 use crate::metrics::{KindLabels, OutcomeRouteLabels, RouteLabels};
 use crate::policy::RouteMode;
 use crate::state::EntityRecord;
@@ -104,15 +104,13 @@ impl Gateway {
             verdict.would_hold = Some(reason);
             return;
         }
-        if !self.guard.enter(
-            &verdict.key,
-            &route.name,
+        let detection = Detection {
+            key: &verdict.key,
+            route: &route.name,
             reason,
-            held(verdict),
-            verdict.source.as_deref(),
-            now,
-            config,
-        ) {
+            source: verdict.source.as_deref(),
+        };
+        if !self.guard.enter(detection, held(verdict), now, config) {
             tracing::warn!(route = %route.name, entity = %verdict.key, "quarantine table full (state.max_quarantined); forwarding the loop");
             return;
         }

@@ -256,11 +256,13 @@ impl Gateway {
             .map_err(|field| NotifyError::MissingField {
                 field,
                 template: template.to_string(),
+                element: None,
             })?;
         if key.len() > MAX_KEY_BYTES {
             return Err(NotifyError::KeyTooLong {
                 length: key.len(),
                 limit: MAX_KEY_BYTES,
+                element: None,
             });
         }
         Ok(key)
@@ -318,8 +320,11 @@ impl Gateway {
     ) -> Result<Response<Full<Bytes>>, NotifyError> {
         let route = &matched.route.route;
         let mut keys = Vec::with_capacity(events.len());
-        for (event, _) in &events {
-            keys.push(self.entity_key(matched, event)?);
+        for (index, (event, _)) in events.iter().enumerate() {
+            keys.push(
+                self.entity_key(matched, event)
+                    .map_err(|e| e.in_element(index))?,
+            );
         }
 
         // Locks are taken in key order so that two batches naming the same entities

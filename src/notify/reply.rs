@@ -48,20 +48,24 @@ pub enum NotifyError {
     #[error("notification could not be decoded: {0}")]
     Undecodable(String),
     /// The entity template names a field the notification does not have.
-    #[error("notification has no `{field}`, which the route's entity template `{template}` needs")]
+    #[error("{}notification has no `{field}`, which the route's entity template `{template}` needs", element_prefix(*.element))]
     MissingField {
         /// The missing field.
         field: String,
         /// The entity template.
         template: String,
+        /// Index of the event in a CloudEvents batch.
+        element: Option<usize>,
     },
     /// The entity key is longer than the limit.
-    #[error("entity key is {length} bytes long; the limit is {limit} bytes")]
+    #[error("{}entity key is {length} bytes long; the limit is {limit} bytes", element_prefix(*.element))]
     KeyTooLong {
         /// Actual length.
         length: usize,
         /// The limit.
         limit: usize,
+        /// Index of the event in a CloudEvents batch.
+        element: Option<usize>,
     },
     /// An earlier notification for the same entity held it longer than `max_entity_wait`.
     #[error("entity is busy with earlier notifications; retry later")]
@@ -74,7 +78,21 @@ pub enum NotifyError {
     Internal(String),
 }
 
+fn element_prefix(element: Option<usize>) -> String {
+    element.map_or_else(String::new, |index| {
+        format!("cloudevents batch element {index}: ")
+    })
+}
+
 impl NotifyError {
+    /// Names the batch element that the error is about.
+    pub fn in_element(mut self, index: usize) -> Self {
+        if let Self::MissingField { element, .. } | Self::KeyTooLong { element, .. } = &mut self {
+            *element = Some(index);
+        }
+        self
+    }
+
     /// The HTTP status: 4xx when the producer's request is at fault, 502/504 for the
     /// upstream, 503 when the entity is busy, 500 for ekko's own trouble.
     pub fn status(&self) -> StatusCode {

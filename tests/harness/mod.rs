@@ -349,6 +349,8 @@ pub fn rabbitmq_publish_body(
         "payload_encoding": "string",
     })
     .to_string()
+}
+
 impl MockServer {
     /// Starts a server that replies like [`MockServer::start`] and adds `extra` to every
     /// response's headers, such as hop-by-hop fields that a proxy must not relay.
