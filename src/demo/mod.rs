@@ -1,28 +1,30 @@
 //! `ekko demo`: the bundled HR policy against in-process stand-ins for RabbitMQ and a
 //! SCIM source API, replaying re-saves, redeliveries and an e-mail write-back.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use http::{HeaderMap, Request};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+mod echo;
+mod standins;
+
+use standins::{serve, Hr, Person, Queue};
 
 use crate::policy::{self, Policy};
 
 /// The policy that `ekko demo` runs, also shipped as `deploy/examples/hr-person.yaml`.
-pub const POLICY: &str = include_str!("../deploy/examples/hr-person.yaml");
+pub const POLICY: &str = include_str!("../../deploy/examples/hr-person.yaml");
+
+/// The demo's loop-guard half-life, so a quarantine ends within seconds rather than minutes.
+const DEMO_HALF_LIFE: Duration = Duration::from_millis(500);
 
 /// The whole demonstration must finish within this time.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -52,131 +54,6 @@ pub fn run() -> ExitCode {
     }
 }
 
-type Handler = Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>;
-
-/// Serves `handler` over HTTP/1.1 on 127.0.0.1 with an OS-chosen port.
-async fn serve(handler: Handler) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let handler = handler.clone();
-                    async move {
-                        let path = req.uri().path().to_owned();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        let (status, text) = handler(&path, &body);
-                        let mut response = Response::new(Full::new(Bytes::from(text)));
-                        *response.status_mut() =
-                            StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// HR's person register, served as SCIM 2.0 users; every save moves `meta.lastModified`
-/// and `meta.version`, as real HR systems do.
-#[derive(Default)]
-struct Hr {
-    persons: Mutex<HashMap<String, Value>>,
-    saves: Mutex<u64>,
-    lookups: Mutex<u64>,
-}
-
-impl Hr {
-    fn save(&self, id: &str, given: &str, family: &str, email: Option<&str>) {
-        let mut saves = self.saves.lock().unwrap_or_else(|p| p.into_inner());
-        *saves += 1;
-        let mut person = json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "id": id,
-            "userName": format!("{}.{}", given.to_lowercase(), family.to_lowercase()),
-            "name": { "givenName": given, "familyName": family },
-            "active": true,
-            "meta": {
-                "resourceType": "User",
-                "lastModified": format!("2026-12-04T09:{:02}:{:02}Z", *saves / 60, *saves % 60),
-                "version": format!("W/\"{saves}\""),
-            },
-        });
-        if let Some(email) = email {
-            person["emails"] = json!([{ "value": email, "type": "work", "primary": true }]);
-        }
-        self.persons
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), person);
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        let id = path.rsplit('/').next().unwrap_or("");
-        match self
-            .persons
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-        {
-            Some(person) => (200, person.to_string()),
-            None => (
-                404,
-                json!({ "status": "404", "detail": "no such user" }).to_string(),
-            ),
-        }
-    }
-
-    fn lookups(&self) -> u64 {
-        *self.lookups.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// What the stand-in broker received: routing keys and payloads.
-#[derive(Default)]
-struct Queue {
-    messages: Mutex<Vec<Value>>,
-}
-
-impl Queue {
-    fn publish(&self, body: &[u8]) -> (u16, String) {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(message) => {
-                self.messages
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(message);
-                (200, r#"{"routed":true}"#.to_owned())
-            }
-            Err(_) => (
-                400,
-                r#"{"error":"bad_request","reason":"not json"}"#.to_owned(),
-            ),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.messages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
-}
-
 /// Loads the bundled policy and points it at the stand-ins, on loopback ports.
 fn demo_policy(queue: SocketAddr, hr: SocketAddr) -> Result<Policy, String> {
     let env = |name: &str| (name == "EKKO_HR_TOKEN").then(|| "demo-token".to_owned());
@@ -185,6 +62,9 @@ fn demo_policy(queue: SocketAddr, hr: SocketAddr) -> Result<Policy, String> {
     policy.listen = ([127, 0, 0, 1], 0).into();
     policy.admin_listen = ([127, 0, 0, 1], 0).into();
     policy.state.snapshot = None;
+    for route in &mut policy.notifications {
+        route.loop_guard.half_life = DEMO_HALF_LIFE;
+    }
     for (name, addr) in [("mq", queue), ("hr-api", hr)] {
         let upstream = policy
             .upstreams
@@ -213,7 +93,12 @@ struct Producer {
 
 impl Producer {
     /// Publishes "person changed" through ekko and returns ekko's decision.
-    async fn notify(&mut self, person: &str, event_id: Option<&str>) -> Result<String, String> {
+    async fn notify(
+        &mut self,
+        person: &str,
+        writer: &str,
+        event_id: Option<&str>,
+    ) -> Result<String, String> {
         let id = match event_id {
             Some(id) => id.to_owned(),
             None => {
@@ -222,7 +107,7 @@ impl Producer {
             }
         };
         let body = json!({
-            "properties": { "message_id": id, "app_id": "hr", "content_type": "application/json" },
+            "properties": { "message_id": id, "app_id": writer, "content_type": "application/json" },
             "routing_key": "person.updated",
             "payload": json!({ "personId": person, "event": "updated" }).to_string(),
             "payload_encoding": "string",
@@ -262,15 +147,28 @@ fn tally(row: &mut Row, decision: &str) {
     }
 }
 
+fn person<'a>(id: &'a str, given: &'a str, family: &'a str, email: Option<&'a str>) -> Person<'a> {
+    Person {
+        id,
+        given,
+        family,
+        email,
+        display_name: None,
+    }
+}
+
 async fn scenario() -> Result<String, String> {
     let hr = Arc::new(Hr::default());
     let queue = Arc::new(Queue::default());
     let hr_handler = hr.clone();
-    let hr_addr = serve(Arc::new(move |path: &str, _: &[u8]| hr_handler.get(path))).await?;
-    let queue_handler = queue.clone();
-    let queue_addr = serve(Arc::new(move |_: &str, body: &[u8]| {
-        queue_handler.publish(body)
+    let hr_addr = serve(Arc::new(move |path: &str, _: &HeaderMap, _: &[u8]| {
+        hr_handler.get(path)
     }))
+    .await?;
+    let queue_handler = queue.clone();
+    let queue_addr = serve(Arc::new(
+        move |_: &str, headers: &HeaderMap, body: &[u8]| queue_handler.publish(headers, body),
+    ))
     .await?;
     let running = crate::server::start(demo_policy(queue_addr, hr_addr)?)
         .await
@@ -294,8 +192,8 @@ async fn scenario() -> Result<String, String> {
     let mut row = Row::default();
     let before = hr.lookups();
     for (id, given, family) in people {
-        hr.save(id, given, family, None);
-        tally(&mut row, &producer.notify(id, None).await?);
+        hr.save(&person(id, given, family, None));
+        tally(&mut row, &producer.notify(id, "hr", None).await?);
     }
     row.lookups = hr.lookups() - before;
     rows.push(("new persons", row));
@@ -304,8 +202,8 @@ async fn scenario() -> Result<String, String> {
     let before = hr.lookups();
     for round in 0..2 {
         for (id, given, family) in people.iter().take(2 + round) {
-            hr.save(id, given, family, None);
-            tally(&mut row, &producer.notify(id, None).await?);
+            hr.save(&person(id, given, family, None));
+            tally(&mut row, &producer.notify(id, "hr", None).await?);
         }
     }
     row.lookups = hr.lookups() - before;
@@ -314,7 +212,10 @@ async fn scenario() -> Result<String, String> {
     let mut row = Row::default();
     let before = hr.lookups();
     for _ in 0..3 {
-        tally(&mut row, &producer.notify("1002", Some("hr-2")).await?);
+        tally(
+            &mut row,
+            &producer.notify("1002", "hr", Some("hr-2")).await?,
+        );
     }
     row.lookups = hr.lookups() - before;
     rows.push(("redelivered event id", row));
@@ -323,17 +224,24 @@ async fn scenario() -> Result<String, String> {
     // and writing it back to HR, which notifies again. The second write-back changes nothing.
     let mut row = Row::default();
     let before = hr.lookups();
-    hr.save("1001", "Ola", "Berg", None);
-    tally(&mut row, &producer.notify("1001", None).await?);
+    hr.save(&person("1001", "Ola", "Berg", None));
+    tally(&mut row, &producer.notify("1001", "hr", None).await?);
     for _ in 0..2 {
-        hr.save("1001", "Ola", "Berg", Some("ola.berg@example.org"));
-        tally(&mut row, &producer.notify("1001", None).await?);
+        hr.save(&person("1001", "Ola", "Berg", Some("ola.berg@example.org")));
+        tally(&mut row, &producer.notify("1001", "iga", None).await?);
     }
     row.lookups = hr.lookups() - before;
     rows.push(("name change + e-mail write-back", row));
+    let mut out = report(&rows, queue.len())?;
 
+    let echo = echo::Echo {
+        hr: &hr,
+        queue: &queue,
+        admin: format!("http://{}", running.admin_addr),
+    };
+    out.push_str(&echo.run(&mut producer).await?);
     let _ = running.shutdown().await;
-    report(&rows, queue.len())
+    Ok(out)
 }
 
 fn report(rows: &[(&str, Row)], queued: usize) -> Result<String, String> {
