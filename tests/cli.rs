@@ -125,3 +125,20 @@ fn sigterm_writes_snapshot_and_exits_zero() {
         "no snapshot written; log: {rest:?}"
     );
 }
+
+#[test]
+fn readme_policies_are_valid() {
+    for readme in ["README.md", "README.nb.md"] {
+        let text = std::fs::read_to_string(readme).unwrap();
+        let start = text.find("```yaml\n").expect("README has a yaml block") + 8;
+        let end = start + text[start..].find("```").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, &text[start..end]).unwrap();
+
+        let output = ekko(&["check", "--policy", path.to_str().unwrap()]);
+
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{readme}: {stdout}");
+    }
+}
