@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::notify::{json_response, Gateway, ReleaseOutcome};
 use crate::policy::LoopGuardConfig;
 
-/// What the admin endpoints read.
+/// Shared state that the admin endpoints read.
 pub struct Admin {
     /// The metric registry.
     pub metrics: Arc<Metrics>,
@@ -60,7 +60,7 @@ impl Admin {
         }
     }
 
-    /// Serves OpenMetrics when the scraper asks for it, else Prometheus text 0.0.4.
+    /// Serves OpenMetrics when the scraper accepts it, else Prometheus text 0.0.4.
     fn metrics_response<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let wants_openmetrics = request
             .headers()

@@ -56,7 +56,7 @@ pub enum Command {
         #[arg(long)]
         route: String,
         /// Treat the input as a notification body and fingerprint its data
-        /// (structured CloudEvent, RabbitMQ publish body or JSON, as the route's format says).
+        /// (structured CloudEvent, RabbitMQ publish body or JSON, as the route's format sets).
         #[arg(long)]
         notification: bool,
         /// Input file, or `-` for standard input.

@@ -88,6 +88,8 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
     let guard = Arc::new(load_guard(&policy));
     let gateway = Gateway::new(&policy, state.clone(), guard.clone(), metrics.clone())
         .map_err(|e| ServeError::Compile(e.to_string()))?;
+    // Quarantines loaded from the guard snapshot show in the gauge from the start.
+    gateway.update_quarantine_gauge();
     let gateway = Arc::new(gateway);
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {

@@ -17,7 +17,7 @@ const PERSON: &str = "1004";
 /// Notifications the two systems send before someone fixes their configuration.
 const FLIPS: usize = 11;
 
-/// Longest wait for the release after the loop stops.
+/// Maximum wait for the release after the loop stops.
 const RELEASE_WAIT: Duration = Duration::from_secs(6);
 
 /// The echo scenario's stand-ins and ekko's admin listener.

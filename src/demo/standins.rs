@@ -108,7 +108,7 @@ impl Hr {
             .insert(person.id.to_owned(), user);
     }
 
-    /// Answers `GET /scim/v2/Users/{id}`.
+    /// Serves `GET /scim/v2/Users/{id}`.
     pub fn get(&self, path: &str) -> (u16, String) {
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         let id = path.rsplit('/').next().unwrap_or("");
@@ -140,14 +140,14 @@ pub struct Message {
     pub coalesced: Option<u64>,
 }
 
-/// What the stand-in broker received.
+/// Messages received by the stand-in broker.
 #[derive(Default)]
 pub struct Queue {
     messages: Mutex<Vec<Message>>,
 }
 
 impl Queue {
-    /// Answers a management API publish like RabbitMQ does.
+    /// Accepts a management API publish and responds as RabbitMQ does.
     pub fn publish(&self, headers: &HeaderMap, body: &[u8]) -> (u16, String) {
         let Ok(body) = serde_json::from_slice::<Value>(body) else {
             return (

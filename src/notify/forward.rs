@@ -1,4 +1,4 @@
-//! Forwarding to the upstream, committing fingerprints after 2xx, and suppressed answers.
+//! Forwarding to the upstream, committing fingerprints after 2xx, and responses to suppressed notifications.
 
 use std::net::SocketAddr;
 
@@ -38,7 +38,7 @@ impl Gateway {
             && verdicts.iter().all(|v| v.decision != Decision::Forward)
     }
 
-    /// Answers a notification that is not forwarded with the route's `suppressed_response`.
+    /// Responds to a notification that is not forwarded with the route's `suppressed_response`.
     pub(super) fn suppress(
         &self,
         matched: &Matched<'_>,
@@ -91,7 +91,7 @@ impl Gateway {
         reply
     }
 
-    /// Forwards `body`, and after a 2xx answer commits every forwarded verdict.
+    /// Forwards `body`, and after a 2xx response commits every forwarded verdict.
     pub(super) async fn forward_and_commit(
         &self,
         matched: &Matched<'_>,

@@ -144,7 +144,7 @@ impl Gateway {
     }
 
     /// Sets `ekko_quarantined_entities{route}` for every route.
-    pub(super) fn update_quarantine_gauge(&self) {
+    pub fn update_quarantine_gauge(&self) {
         let counts = self.guard.quarantined_per_route();
         for compiled in &self.routes {
             let name = &compiled.route.name;
@@ -292,7 +292,7 @@ impl Gateway {
         }
     }
 
-    /// Forwards a held notification with `Ekko-Coalesced`; commits it after a 2xx answer.
+    /// Forwards a held notification with `Ekko-Coalesced`; commits it after a 2xx response.
     async fn deliver(
         &self,
         key: &str,

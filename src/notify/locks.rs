@@ -14,7 +14,7 @@ use super::fingerprint::Fingerprint;
 pub enum StateFetch {
     /// The source returned the entity, already fingerprinted.
     Found(Fingerprint),
-    /// The source answered 404 or 410.
+    /// The source returned 404 or 410.
     Deleted,
     /// The fetch failed; the value is the `result` label (`timeout`, `connect_error`, ...).
     Failed(&'static str),

@@ -10,7 +10,7 @@ use crate::upstream::{failure_status, UpstreamError};
 /// Response header that names ekko's decision for each notification.
 pub const DECISION_HEADER: &str = "ekko-decision";
 
-/// Why a notification request was not forwarded or answered normally.
+/// Why a notification request was not forwarded or handled normally.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     /// No route matches the request path.
