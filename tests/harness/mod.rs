@@ -473,3 +473,38 @@ pub async fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
     }
     panic!("gave up waiting until {what}");
 }
+
+impl Ekko {
+    /// Returns the admin listener's URL for `path`, such as `/admin/quarantine`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{}", self.admin, path)
+    }
+}
+
+/// Lets paused Tokio time run one second at a time, so ekko's 1 s release tick fires,
+/// until `condition` holds. Returns the number of seconds that passed, or `None` when
+/// `condition` still fails after `max_seconds`.
+///
+/// Needs a runtime with paused time, because with real time it would really sleep.
+pub async fn tick_until(mut condition: impl FnMut() -> bool, max_seconds: u64) -> Option<u64> {
+    for second in 0..=max_seconds {
+        if condition() {
+            return Some(second);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
+}
+
+/// Builds a structured CloudEvent body with `source` and `subject` of the caller's choice.
+pub fn cloudevent_from(source: &str, id: &str, subject: &str, data: serde_json::Value) -> String {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": "person.changed",
+        "subject": subject,
+        "data": data,
+    })
+    .to_string()
+}
