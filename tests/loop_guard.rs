@@ -385,7 +385,7 @@ async fn restart_keeps_held_notification() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: ekko_quarantined_entities stays 0 after a restart restores quarantines"]
+
 async fn restart_restores_quarantine_gauge() {
     let queue = MockServer::accepting().await;
     let dir = tempfile::tempdir().unwrap();
@@ -667,7 +667,7 @@ async fn admin_attributes_ping_pong_and_releases() {
 }
 
 #[tokio::test]
-#[ignore = "bug: forwarded notifications are never added to the entity's audit ring"]
+
 async fn entity_decisions_include_forwards() {
     let queue = MockServer::accepting().await;
     let ekko = Ekko::start(&policy(&queue.url(), "")).await;
@@ -881,4 +881,19 @@ async fn batch_element_is_held_and_released_alone() {
     assert_eq!(released.json()["id"], "batch-1");
     assert_eq!(released.json()["data"], flip_state(held_at));
     assert_eq!(released.json()["ekkohops"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn redelivered_held_event_is_duplicate() {
+    let queue = MockServer::accepting().await;
+    let ekko = Ekko::start(&policy(&queue.url(), "")).await;
+    let producer = Producer::new(&ekko);
+    oscillate_until_held(&producer, &["urn:hr", "urn:iga"], "9", 10).await;
+
+    let held = cloudevent_from("urn:hr", "held-once", "9", state("C"));
+    let first = producer.send_raw(&[], CE_JSON, held.clone()).await;
+    let again = producer.send_raw(&[], CE_JSON, held).await;
+
+    assert_eq!(first.decision(), "held; reason=oscillation");
+    assert_eq!(again.decision(), "duplicate");
 }

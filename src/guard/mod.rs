@@ -22,6 +22,10 @@ use crate::state::BoundedTable;
 /// Decisions kept per entity in the audit ring.
 pub const AUDIT_ENTRIES: usize = 8;
 
+/// Time after which a trace's forward count for an entity starts again (1 hour), so a
+/// producer that reuses one `traceparent` for a long job is not mistaken for a loop.
+pub const TRACE_WINDOW_MS: u64 = 60 * 60 * 1000;
+
 /// Entities whose audit ring is kept (the most recently active ones).
 pub const AUDIT_ENTITIES: usize = 10_000;
 
@@ -124,10 +128,12 @@ impl LoopGuard {
         counts
     }
 
-    /// The number of forwards already made in this trace for this entity.
-    pub fn trace_forwards(&self, trace: &str, key: &str) -> u32 {
+    /// Returns the number of forwards made for this entity in this trace within the last
+    /// `TRACE_WINDOW_MS`.
+    pub fn trace_forwards(&self, trace: &str, key: &str, now_ms: u64) -> u32 {
         self.traces
             .peek(&trace_key(trace, key))
+            .filter(|count| now_ms.saturating_sub(count.first_ms) < TRACE_WINDOW_MS)
             .map_or(0, |count| count.forwards)
     }
 
@@ -155,10 +161,15 @@ impl LoopGuard {
         }
         if let Some(trace) = trace {
             let trace_key = trace_key(trace, key);
-            let mut count = self.traces.get(&trace_key).unwrap_or(TraceCount {
+            let fresh = TraceCount {
                 forwards: 0,
                 first_ms: now_ms,
-            });
+            };
+            let mut count = self
+                .traces
+                .get(&trace_key)
+                .filter(|count| now_ms.saturating_sub(count.first_ms) < TRACE_WINDOW_MS)
+                .unwrap_or(fresh);
             count.forwards = count.forwards.saturating_add(1);
             self.traces.insert(&trace_key, count);
         }
@@ -323,4 +334,55 @@ impl LoopGuard {
 
 fn trace_key(trace: &str, key: &str) -> String {
     format!("{trace}\0{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state_config() -> StateConfig {
+        let bound = NonZeroUsize::new(100).unwrap();
+        StateConfig {
+            max_entities: bound,
+            max_event_ids: bound,
+            max_traces: bound,
+            max_quarantined: bound,
+            snapshot: None,
+            snapshot_interval: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn trace_count_restarts_after_window() {
+        let guard = LoopGuard::new(&state_config());
+        let config = LoopGuardConfig::default();
+        guard.commit("p/1", None, None, Some("t"), 0, &config);
+        guard.commit("p/1", None, None, Some("t"), 1000, &config);
+
+        assert_eq!(guard.trace_forwards("t", "p/1", 2000), 2);
+        assert_eq!(guard.trace_forwards("t", "p/2", 2000), 0);
+        assert_eq!(guard.trace_forwards("t", "p/1", TRACE_WINDOW_MS), 0);
+
+        guard.commit("p/1", None, None, Some("t"), TRACE_WINDOW_MS, &config);
+        assert_eq!(guard.trace_forwards("t", "p/1", TRACE_WINDOW_MS + 1), 1);
+    }
+
+    #[test]
+    fn audit_ring_keeps_newest_entries() {
+        let guard = LoopGuard::new(&state_config());
+        for i in 0..(AUDIT_ENTRIES as u64 + 3) {
+            let entry = AuditEntry {
+                at_ms: i,
+                route: "hr".into(),
+                decision: "forwarded".into(),
+                reason: String::new(),
+                source: None,
+            };
+            guard.audit("p/1", entry);
+        }
+        let entries = guard.audit_entries("p/1");
+        assert_eq!(entries.len(), AUDIT_ENTRIES);
+        assert_eq!(entries[0].at_ms, 3);
+    }
 }

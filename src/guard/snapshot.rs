@@ -200,7 +200,7 @@ mod tests {
 
         assert_eq!(loaded.quarantine("a"), guard.quarantine("a"));
         assert_eq!(loaded.record("a"), guard.record("a"));
-        assert_eq!(loaded.trace_forwards("t1", "a"), 1);
+        assert_eq!(loaded.trace_forwards("t1", "a", 20), 1);
     }
 
     #[test]

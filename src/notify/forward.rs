@@ -47,9 +47,9 @@ impl Gateway {
         let route = &matched.route.route;
         let now = self.clock.now_ms();
         for verdict in verdicts {
-            // An unchanged notification's event id is remembered too, so a redelivery of it
-            // is reported as the duplicate it is.
-            if verdict.decision == Decision::Unchanged {
+            // The event id of an unchanged or held notification is remembered too, so a
+            // redelivery of it is reported as the duplicate it is.
+            if matches!(verdict.decision, Decision::Unchanged | Decision::Held(_)) {
                 if let Some(event_key) = &verdict.event_key {
                     self.state.record_event(event_key, now);
                 }
@@ -143,6 +143,12 @@ impl Gateway {
                 verdict.decision.as_str()
             };
             self.count(&route.name, decision, 1);
+            let reason = format!(
+                "{}; upstream returned {}",
+                reason_text(verdict),
+                upstream_response.status().as_u16()
+            );
+            self.audit(&route.name, verdict, decision, reason);
         }
 
         let mut reply = relay(upstream_response);

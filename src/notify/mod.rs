@@ -394,10 +394,10 @@ impl Gateway {
     /// Fills in the verdict's trace id, hop count and source for the loop guard.
     fn causal_context(&self, headers: &http::HeaderMap, event: &Event, verdict: &mut Verdict) {
         verdict.trace = guard::trace_id(headers, event).map(str::to_owned);
-        let in_trace = verdict
-            .trace
-            .as_deref()
-            .map_or(0, |trace| self.guard.trace_forwards(trace, &verdict.key));
+        let in_trace = verdict.trace.as_deref().map_or(0, |trace| {
+            self.guard
+                .trace_forwards(trace, &verdict.key, self.clock.now_ms())
+        });
         verdict.hops = guard::carried_hops(headers, event).max(in_trace);
     }
 
