@@ -53,7 +53,7 @@ impl Admin {
                     StatusCode::NOT_FOUND,
                     &json!({
                         "error": "not_found",
-                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine or /admin/entities/{{entity}}"),
+                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine, /admin/entities/{{entity}} or POST /admin/quarantine/{{entity}}/release"),
                     }),
                 ),
             },
@@ -148,7 +148,7 @@ impl Admin {
         if record.is_none() && damping.is_none() && audit.is_empty() {
             return json_response(
                 StatusCode::NOT_FOUND,
-                &json!({ "error": "not_found", "message": format!("ekko has no state for entity `{key}`; percent-encode `/` inside a value as %252F") }),
+                &json!({ "error": "not_found", "message": format!("ekko has no state for entity `{key}`; write the key as one URL path segment, with `/` as %2F and `%` as %25") }),
             );
         }
         let now = self.gateway.now_ms();

@@ -93,8 +93,11 @@ pub fn run(cli: Cli) -> ExitCode {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EKKO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour codes only help a person at a terminal; in files and journals they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -131,18 +134,27 @@ fn serve(path: &Path) -> ExitCode {
 }
 
 /// Completes on the first SIGTERM or SIGINT.
+/// Completes on the first SIGTERM or SIGINT. SIGHUP is caught and logged, because its
+/// default action would kill ekko without draining or writing the snapshot.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop ekko with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                // NOTE: policy reload is not built yet, so a changed policy needs a restart.
+                tracing::warn!("SIGHUP received: this ekko cannot reload its policy; restart it (SIGTERM, then start) to apply a changed policy");
+            }
+        }
     }
 }
 
@@ -150,18 +162,30 @@ fn check(path: &Path) -> ExitCode {
     match policy::load(path) {
         Ok(policy) => {
             println!(
-                "policy {} is valid: {} notification routes, {} upstreams",
+                "policy {} is valid: {}, {}",
                 path.display(),
-                policy.notifications.len(),
-                policy.upstreams.len()
+                plural(policy.notifications.len(), "notification route"),
+                plural(policy.upstreams.len(), "upstream")
             );
             ExitCode::SUCCESS
         }
         Err(errors) => {
             println!("{errors}");
-            println!("policy {} has {} problems", path.display(), errors.0.len());
+            println!(
+                "policy {} has {}",
+                path.display(),
+                plural(errors.0.len(), "problem")
+            );
             ExitCode::FAILURE
         }
+    }
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
 

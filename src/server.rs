@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::guard::{guard_path, GuardSnapshotError, LoopGuard};
+use crate::guard::{guard_path, held_path, GuardSnapshotError, LoopGuard};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::notify::Gateway;
 use crate::policy::Policy;
@@ -65,6 +65,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -73,6 +74,7 @@ impl Running {
     /// Stops accepting, drains in-flight requests within `shutdown_grace`, writes the
     /// final snapshot and returns its outcome.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         self.task
             .await
@@ -123,9 +125,11 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
             async move { gateway.handle(req, peer).await }
         },
     ));
+    // The admin listener outlives the public one, so /readyz answers 503 during the drain.
+    let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task = tokio::spawn(accept_loop(
         admin_listener,
-        stopped.clone(),
+        admin_stopped,
         policy.shutdown_grace,
         move |req, _| {
             let admin = admin.clone();
@@ -149,7 +153,7 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
 
     let task = tokio::spawn(async move {
         let _ = public_task.await;
-        ready.store(false, Ordering::Release);
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
         let _ = release_task.await;
         let _ = snapshot_task.await;
@@ -159,6 +163,7 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
         public_addr,
         admin_addr,
         metrics,
+        ready,
         stop,
         task,
     })
@@ -243,6 +248,7 @@ impl Snapshots {
         let result = tokio::task::spawn_blocking(move || -> Result<(), ServeError> {
             state.save(&path)?;
             guard.save(&guard_path(&path))?;
+            guard.save_held(&held_path(&path))?;
             Ok(())
         })
         .await
@@ -292,15 +298,24 @@ fn load_guard(policy: &Policy) -> LoopGuard {
     let Some(path) = &policy.state.snapshot else {
         return guard;
     };
-    let path = guard_path(path);
-    match guard.load(&path) {
-        Ok(quarantined) => {
-            tracing::info!(path = %path.display(), quarantined, "guard snapshot loaded")
+    let records = guard_path(path);
+    match guard.load(&records) {
+        Ok(count) => {
+            tracing::info!(path = %records.display(), records = count, "guard snapshot loaded")
         }
         Err(GuardSnapshotError::Missing(_)) => {}
         Err(error) => {
-            tracing::warn!(%error, "guard snapshot unusable; starting without damping history or held notifications");
-            return LoopGuard::new(&policy.state);
+            tracing::warn!(%error, "guard snapshot unusable; starting without damping history")
+        }
+    }
+    let held = held_path(path);
+    match guard.load_held(&held) {
+        Ok(count) => {
+            tracing::info!(path = %held.display(), quarantined = count, "held notifications loaded")
+        }
+        Err(GuardSnapshotError::Missing(_)) => {}
+        Err(error) => {
+            tracing::error!(%error, "held notifications unusable; their latest states are not delivered")
         }
     }
     guard

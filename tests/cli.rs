@@ -86,7 +86,7 @@ fn fingerprint_prints_canonical_form_and_removed_fields() {
 }
 
 #[test]
-fn sigterm_writes_snapshot_and_exits_zero() {
+fn sigterm_after_sighup_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("state");
     let policy = dir.path().join("policy.yaml");
@@ -111,6 +111,15 @@ fn sigterm_writes_snapshot_and_exits_zero() {
         .find(|l| l.contains("ekko listening"));
     assert!(listening.is_some(), "ekko did not report its listeners");
 
+    // SIGHUP must not stop ekko: operators send it out of habit to reload.
+    let hangup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let warned = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("SIGHUP received"));
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -118,6 +127,8 @@ fn sigterm_writes_snapshot_and_exits_zero() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
 
+    assert!(hangup.success());
+    assert!(warned.is_some(), "no SIGHUP warning; log: {rest:?}");
     assert!(killed.success());
     assert!(status.success(), "exit status {status:?}; log: {rest:?}");
     assert!(

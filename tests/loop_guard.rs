@@ -897,3 +897,70 @@ async fn redelivered_held_event_is_duplicate() {
     assert_eq!(first.decision(), "held; reason=oscillation");
     assert_eq!(again.decision(), "duplicate");
 }
+
+/// Starts the `ekko` binary on `policy_path` and returns it with its public and admin URLs,
+/// read from its JSON startup log line.
+fn spawn_ekko(policy_path: &std::path::Path) -> (std::process::Child, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .args(["--log-format", "json", "serve", "--policy"])
+        .arg(policy_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ekko binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("ekko listening"))
+        .expect("ekko reports its listeners");
+    // Keep reading the log so that ekko never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let log: Value = serde_json::from_str(&line).unwrap();
+    let public = format!("http://{}", log["fields"]["public_addr"].as_str().unwrap());
+    let admin = format!("http://{}", log["fields"]["admin_addr"].as_str().unwrap());
+    (child, public, admin)
+}
+
+#[tokio::test]
+async fn held_notification_survives_sigkill() {
+    let queue = MockServer::accepting().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    let policy_text = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{}",
+        snapshot_policy(&queue.url(), &dir.path().join("state"))
+    );
+    std::fs::write(&policy_path, policy_text).unwrap();
+
+    let (mut first, public, _) = spawn_ekko(&policy_path);
+    let client = HttpClient::default();
+    let mut held = None;
+    for flip in 0..10 {
+        let id = format!("k{flip}");
+        let body = cloudevent_from("urn:hr", &id, "77", flip_state(flip));
+        let answer = client
+            .post(&format!("{public}/events"), CE_JSON, body)
+            .await;
+        if answer.decision().starts_with("held") {
+            held = Some(flip);
+            break;
+        }
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (mut second, _, admin) = spawn_ekko(&policy_path);
+    let listed = HttpClient::default()
+        .get(&format!("{admin}/admin/quarantine"))
+        .await
+        .json();
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    assert!(held.is_some(), "the oscillation was never held");
+    let entries = listed["quarantined"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["entity"], "hr/person/77");
+    assert_eq!(entries[0]["held"], 1);
+}

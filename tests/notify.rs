@@ -437,3 +437,92 @@ async fn corrupt_snapshot_starts_empty() {
 
     assert_eq!(answer.decision(), "forwarded");
 }
+
+#[tokio::test]
+async fn unrouted_publish_commits_nothing() {
+    let queue = MockServer::start(|_| Reply::Respond(200, r#"{"routed":false}"#.into())).await;
+    let source = SourceApi::start("/persons").await;
+    source.put("123", person("Ola", "1"));
+    let ekko = Ekko::start(&lookup_policy(&queue.url(), &source.server.url())).await;
+    let client = HttpClient::default();
+    let url = ekko.url("/api/exchanges/%2F/hr/publish");
+
+    let unrouted = client.post(&url, "application/json", publish("123")).await;
+    queue.set_handler(|_| Reply::Respond(200, r#"{"routed":true}"#.into()));
+    let retry = client.post(&url, "application/json", publish("123")).await;
+
+    assert_eq!(unrouted.status, 200);
+    assert_eq!(unrouted.json()["routed"], false);
+    assert_eq!(retry.decision(), "forwarded");
+    assert_eq!(queue.count(), 2);
+}
+
+#[tokio::test]
+async fn dot_segment_subject_skips_lookup() {
+    let queue = MockServer::accepting().await;
+    let source = SourceApi::start("/persons").await;
+    let ekko = Ekko::start(&lookup_policy(&queue.url(), &source.server.url())).await;
+
+    let answer = HttpClient::default()
+        .post(
+            &ekko.url("/api/exchanges/%2F/hr/publish"),
+            "application/json",
+            publish(".."),
+        )
+        .await;
+
+    assert_eq!(answer.decision(), "forwarded");
+    assert_eq!(source.server.count(), 0);
+    assert_eq!(
+        ekko.metric(r#"ekko_fail_open_total{route="hr",reason="dot_segment"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn error_responses_carry_decision() {
+    let closed = closed_port().await;
+    let ekko = Ekko::start(&payload_policy(&format!("http://{closed}"))).await;
+    let client = HttpClient::default();
+
+    let bad = client.post(&ekko.url("/events"), CE_JSON, "not json").await;
+    let unknown = client.post(&ekko.url("/nowhere"), CE_JSON, "{}").await;
+    let refused = client
+        .post(
+            &ekko.url("/events"),
+            CE_JSON,
+            cloudevent("e1", "1", json!({})),
+        )
+        .await;
+
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.decision(), "rejected");
+    assert_eq!(unknown.decision(), "rejected");
+    assert_eq!(refused.status, 502);
+    assert_eq!(refused.decision(), "upstream_error");
+}
+
+#[tokio::test]
+async fn large_batch_gets_decision_summary() {
+    let queue = MockServer::accepting().await;
+    let ekko = Ekko::start(&payload_policy(&queue.url())).await;
+    let events: Vec<String> = (0..40)
+        .map(|i| cloudevent(&format!("b{i}"), &(i % 20).to_string(), person("Ola", "1")))
+        .collect();
+    let batch = format!("[{}]", events.join(","));
+
+    let answer = HttpClient::default()
+        .post(
+            &ekko.url("/events"),
+            "application/cloudevents-batch+json",
+            batch,
+        )
+        .await;
+
+    assert_eq!(
+        answer.decision(),
+        "batch; events=40; forwarded=20; unchanged=20; duplicate=0; held=0"
+    );
+    assert_eq!(queue.count(), 1);
+}

@@ -13,19 +13,29 @@ use crate::policy::Format;
 /// HTTP header that carries ekko's hop count on every forwarded notification.
 pub const HOPS_HEADER: HeaderName = HeaderName::from_static("ekko-hops");
 
-/// The hop count a notification carries: the larger of the `Ekko-Hops` header and the
-/// event's own `ekkohops` attribute or AMQP header. Unparseable values count as 0.
+/// Returns the hop count a notification carries: the larger of the `Ekko-Hops` header and
+/// the event's own `ekkohops` attribute or AMQP header. Values too large for 32 bits count
+/// as the maximum, so an oversized count can never slip under `max_hops`.
 pub fn carried_hops(headers: &HeaderMap, event: &Event) -> u32 {
     let header = headers
         .get(&HOPS_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-    let attribute = event
-        .field(HOPS_ATTRIBUTE)
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0);
+        .map_or(0, parse_hops);
+    let attribute = event.field(HOPS_ATTRIBUTE).map_or(0, parse_hops);
     header.max(attribute)
+}
+
+/// Parses a hop count written as an integer or a number such as `10.0`; other text is 0.
+fn parse_hops(text: &str) -> u32 {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u32>().unwrap_or(u32::MAX);
+    }
+    match text.parse::<f64>() {
+        Ok(number) if number.is_finite() && number >= 0.0 => number.min(u32::MAX as f64) as u32,
+        Ok(number) if number == f64::INFINITY => u32::MAX,
+        _ => 0,
+    }
 }
 
 /// The trace id of a W3C `traceparent` (Trace Context, version 00 format:
@@ -134,6 +144,17 @@ mod tests {
             carried_hops(&HeaderMap::new(), &event_with("ekkohops", "x")),
             0
         );
+    }
+
+    #[test]
+    fn oversized_hop_counts_saturate() {
+        assert_eq!(parse_hops("18446744073709551616"), u32::MAX);
+        assert_eq!(parse_hops("4294967296"), u32::MAX);
+        assert_eq!(parse_hops("10.0"), 10);
+        assert_eq!(parse_hops("1e1"), 10);
+        assert_eq!(parse_hops(" 7 "), 7);
+        assert_eq!(parse_hops("-3"), 0);
+        assert_eq!(parse_hops("x"), 0);
     }
 
     #[test]

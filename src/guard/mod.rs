@@ -1,5 +1,6 @@
 //! Loop guard: flap penalty, oscillation history, causal hop count and quarantine.
 
+mod held;
 mod hops;
 mod penalty;
 mod quarantine;
@@ -11,10 +12,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+pub use held::HeldWriter;
 pub use hops::{carried_hops, stamp, stamp_structured, trace_id, HOPS_HEADER};
 pub use penalty::{decay, short, GuardRecord, Step, Transition};
 pub use quarantine::{backoff_ms, HeldNotification, Quarantine, Reason};
-pub use snapshot::{guard_path, GuardSnapshotError};
+pub use snapshot::{guard_path, held_path, GuardSnapshotError};
 
 use crate::policy::{LoopGuardConfig, StateConfig};
 use crate::state::BoundedTable;

@@ -46,11 +46,12 @@ pub enum Step {
     Return,
 }
 
-/// Short form of a fingerprint for the history.
+/// Returns the short form of a fingerprint kept in the history. Printed as 16 hex digits
+/// it equals the first 16 digits of the fingerprint's own hex form.
 pub fn short(fingerprint: &Fingerprint) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&fingerprint.0[..8]);
-    u64::from_le_bytes(first)
+    u64::from_be_bytes(first)
 }
 
 /// `penalty` decayed over `elapsed_ms` with the given half-life.
@@ -153,6 +154,15 @@ mod tests {
 
     fn config() -> LoopGuardConfig {
         LoopGuardConfig::default()
+    }
+
+    #[test]
+    fn short_form_prints_as_hex_prefix() {
+        let fingerprint = Fingerprint(*blake3::hash(b"state").as_bytes());
+        assert_eq!(
+            format!("{:016x}", short(&fingerprint)),
+            fingerprint.to_hex()[..16]
+        );
     }
 
     #[test]

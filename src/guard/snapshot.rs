@@ -1,5 +1,6 @@
-//! The loop guard's snapshot: damping records, trace counts, audit rings and quarantines
-//! with their held notifications, in one checksummed file beside the state snapshot.
+//! The loop guard's snapshot files beside the state snapshot: `.guard` for damping records,
+//! trace counts and audit rings, written periodically, and `.held` for quarantines with
+//! their held notifications, written before a held notification is acknowledged.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -10,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{AuditEntry, GuardRecord, LoopGuard, Quarantine, TraceCount};
 
-const HEADER: &str = "ekko-guard-snapshot 1";
+const GUARD_HEADER: &str = "ekko-guard-snapshot 1";
+const HELD_HEADER: &str = "ekko-held-snapshot 1";
 
 /// Why the guard snapshot could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,19 @@ struct Contents {
     records: Vec<(String, GuardRecord)>,
     traces: Vec<(String, TraceCount)>,
     audit: Vec<(String, VecDeque<AuditEntry>)>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeldContents {
     quarantine: Vec<(String, Quarantine)>,
+}
+
+/// The held-notification file's path: the state snapshot's path with `.held` appended.
+pub fn held_path(state_snapshot: &Path) -> PathBuf {
+    let mut name = state_snapshot.as_os_str().to_owned();
+    name.push(".held");
+    PathBuf::from(name)
 }
 
 /// The guard snapshot's path: the state snapshot's path with `.guard` appended.
@@ -57,43 +71,69 @@ pub fn guard_path(state_snapshot: &Path) -> PathBuf {
 }
 
 impl LoopGuard {
-    /// Writes every table to `path` through a temporary file and rename; mode 0600,
-    /// because held notifications carry producers' bodies and headers.
+    /// Writes damping records, trace counts and audit rings to `path` through a temporary
+    /// file and rename, with mode 0600; returns the number of damping records.
     pub fn save(&self, path: &Path) -> Result<usize, GuardSnapshotError> {
         let contents = Contents {
             records: entries(self.records.entries()),
             traces: entries(self.traces.entries()),
             audit: entries(self.audit.entries()),
-            quarantine: self.quarantines(),
         };
-        let json = serde_json::to_string(&contents)
-            .map_err(|e| io_error(path, "encode")(io::Error::other(e)))?;
-        let checksum = blake3::hash(json.as_bytes()).to_hex();
-        let temp = PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()));
-        let written = write_file(&temp, &format!("{HEADER}\n{json}\nblake3 {checksum}\n"))
-            .and_then(|()| fs::rename(&temp, path).map_err(io_error(path, "rename")));
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        written.map(|()| contents.quarantine.len())
+        write_checksummed(path, GUARD_HEADER, &contents)?;
+        Ok(contents.records.len())
     }
 
-    /// Reads a guard snapshot into this (empty) guard; returns the number of quarantines.
+    /// Reads a guard snapshot into this (empty) guard; returns the number of damping records.
     pub fn load(&self, path: &Path) -> Result<usize, GuardSnapshotError> {
-        let contents = read_file(path)?;
+        let contents: Contents = read_checksummed(path, GUARD_HEADER)?;
+        let count = contents.records.len();
         for (key, record) in contents.records {
             self.records.insert(&key, record);
         }
-        for (key, count) in contents.traces {
-            self.traces.insert(&key, count);
+        for (key, trace) in contents.traces {
+            self.traces.insert(&key, trace);
         }
         for (key, ring) in contents.audit {
             self.audit.insert(&key, ring);
         }
+        Ok(count)
+    }
+
+    /// Writes every quarantine with its held notification to `path`, fsynced before the
+    /// rename, with mode 0600 because held notifications carry producers' bodies and
+    /// headers. Returns the number of quarantines.
+    pub fn save_held(&self, path: &Path) -> Result<usize, GuardSnapshotError> {
+        let contents = HeldContents {
+            quarantine: self.quarantines(),
+        };
+        write_checksummed(path, HELD_HEADER, &contents)?;
+        Ok(contents.quarantine.len())
+    }
+
+    /// Reads quarantines and held notifications; returns their number.
+    pub fn load_held(&self, path: &Path) -> Result<usize, GuardSnapshotError> {
+        let contents: HeldContents = read_checksummed(path, HELD_HEADER)?;
         let count = contents.quarantine.len();
         self.quarantine_table().extend(contents.quarantine);
         Ok(count)
     }
+}
+
+fn write_checksummed(
+    path: &Path,
+    header: &str,
+    contents: &impl Serialize,
+) -> Result<(), GuardSnapshotError> {
+    let json = serde_json::to_string(contents)
+        .map_err(|e| io_error(path, "encode")(io::Error::other(e)))?;
+    let checksum = blake3::hash(json.as_bytes()).to_hex();
+    let temp = PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()));
+    let written = write_file(&temp, &format!("{header}\n{json}\nblake3 {checksum}\n"))
+        .and_then(|()| fs::rename(&temp, path).map_err(io_error(path, "rename")));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
 }
 
 fn entries<V>(list: Vec<(Box<str>, V)>) -> Vec<(String, V)> {
@@ -111,7 +151,10 @@ fn write_file(path: &Path, text: &str) -> Result<(), GuardSnapshotError> {
     file.sync_all().map_err(io_error(path, "sync"))
 }
 
-fn read_file(path: &Path) -> Result<Contents, GuardSnapshotError> {
+fn read_checksummed<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    header: &str,
+) -> Result<T, GuardSnapshotError> {
     let file = File::open(path).map_err(|error| match error.kind() {
         io::ErrorKind::NotFound => GuardSnapshotError::Missing(path.to_owned()),
         _ => io_error(path, "open")(error),
@@ -122,10 +165,8 @@ fn read_file(path: &Path) -> Result<Contents, GuardSnapshotError> {
     };
     let mut lines = BufReader::new(file).lines();
     let mut next = || lines.next().transpose().map_err(io_error(path, "read"));
-    if next()?.as_deref() != Some(HEADER) {
-        return Err(corrupt(
-            "the first line is not the guard snapshot header of version 1",
-        ));
+    if next()?.as_deref() != Some(header) {
+        return Err(corrupt(&format!("the first line is not `{header}`")));
     }
     let json = next()?.ok_or_else(|| corrupt("the file ends after its header"))?;
     let trailer = next()?.ok_or_else(|| corrupt("the checksum line is missing"))?;
@@ -194,9 +235,12 @@ mod tests {
         };
         assert!(guard.enter(detection, held(), 20, &config));
 
+        let held = held_path(&dir.path().join("state"));
         assert_eq!(guard.save(&path).unwrap(), 1);
+        assert_eq!(guard.save_held(&held).unwrap(), 1);
         let loaded = LoopGuard::new(&state_config());
         assert_eq!(loaded.load(&path).unwrap(), 1);
+        assert_eq!(loaded.load_held(&held).unwrap(), 1);
 
         assert_eq!(loaded.quarantine("a"), guard.quarantine("a"));
         assert_eq!(loaded.record("a"), guard.record("a"));

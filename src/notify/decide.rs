@@ -11,6 +11,7 @@ use super::route::Matched;
 use super::Gateway;
 use crate::guard::Reason;
 use crate::metrics::{ReasonLabels, ResultLabels};
+use crate::policy::template::PathError;
 use crate::policy::FingerprintSource;
 
 /// Maximum size of a source API response read to fingerprint an entity (16 MiB).
@@ -212,8 +213,10 @@ impl Gateway {
         let Some(upstream) = self.upstreams.get(upstream) else {
             return StateFetch::Failed("unknown_upstream");
         };
-        let Ok(path) = path.render_path(|name| field(matched, event, name)) else {
-            return StateFetch::Failed("missing_field");
+        let path = match path.render_path(|name| field(matched, event, name)) {
+            Ok(path) => path,
+            Err(PathError::Missing(_)) => return StateFetch::Failed("missing_field"),
+            Err(PathError::DotSegment(_)) => return StateFetch::Failed("dot_segment"),
         };
         let response = match self
             .client

@@ -13,7 +13,7 @@ use super::reply::{json_response, NotifyError, DECISION_HEADER};
 use super::route::Matched;
 use super::Gateway;
 use crate::metrics::DecisionLabels;
-use crate::policy::RouteMode;
+use crate::policy::{Format, RouteMode};
 use crate::state::EntityRecord;
 use crate::upstream::{forward_headers, response_headers, UpstreamClient};
 
@@ -121,7 +121,10 @@ impl Gateway {
         };
 
         let shadow = route.mode == RouteMode::Shadow;
-        let accepted = upstream_response.status().is_success();
+        let accepted = delivered(&route.format, &upstream_response);
+        if upstream_response.status().is_success() && !accepted {
+            tracing::warn!(route = %route.name, "RabbitMQ answered routed=false: no queue took the message, so nothing is committed");
+        }
         let now = self.clock.now_ms();
         for verdict in verdicts {
             let sent = shadow || verdict.decision == Decision::Forward;
@@ -133,7 +136,11 @@ impl Gateway {
                     .shadow_decisions
                     .get_or_create(&DecisionLabels {
                         route: route.name.clone(),
-                        decision: verdict.decision.as_str(),
+                        decision: if verdict.would_hold.is_some() {
+                            "held"
+                        } else {
+                            verdict.decision.as_str()
+                        },
                     })
                     .inc();
             }
@@ -263,6 +270,21 @@ fn reason_text(verdict: &Verdict) -> String {
     }
 }
 
+/// Whether the upstream took the notification: a 2xx status, and for a RabbitMQ management
+/// publish also `"routed": true`, because `false` means no queue received the message.
+pub(super) fn delivered(format: &Format, response: &Response<Bytes>) -> bool {
+    if !response.status().is_success() {
+        return false;
+    }
+    if !matches!(format, Format::RabbitmqPublish(_)) {
+        return true;
+    }
+    let routed = serde_json::from_slice::<serde_json::Value>(response.body())
+        .ok()
+        .and_then(|body| body.get("routed").and_then(serde_json::Value::as_bool));
+    routed != Some(false)
+}
+
 /// Copies the upstream's response for the producer.
 fn relay(upstream: Response<Bytes>) -> Response<Full<Bytes>> {
     let (parts, body) = upstream.into_parts();
@@ -282,6 +304,9 @@ fn set_decision(reply: &mut Response<Full<Bytes>>, value: &str) {
 /// shadow routes add what enforce mode would have done (`forwarded; would=unchanged`).
 fn decision_header(matched: &Matched<'_>, verdicts: &[Verdict]) -> String {
     let shadow = matched.route.route.mode == RouteMode::Shadow;
+    if verdicts.len() > MAX_DECISION_ENTRIES {
+        return decision_summary(shadow, verdicts);
+    }
     let entries: Vec<String> = verdicts
         .iter()
         .map(|v| super::guarded::decision_entry(shadow, v))
@@ -291,6 +316,34 @@ fn decision_header(matched: &Matched<'_>, verdicts: &[Verdict]) -> String {
     } else {
         entries.join(", ")
     }
+}
+
+/// Largest batch whose decisions are listed one by one in `Ekko-Decision`; a larger batch
+/// gets counts instead, so the header stays far below common 8 KiB header limits.
+const MAX_DECISION_ENTRIES: usize = 32;
+
+/// `batch; events=N; forwarded=a; unchanged=b; duplicate=c; held=d`, with `; shadow`
+/// and would-be decisions on a shadow route.
+fn decision_summary(shadow: bool, verdicts: &[Verdict]) -> String {
+    let mut counts = [0usize; 4];
+    for verdict in verdicts {
+        let index = match (verdict.would_hold, verdict.decision) {
+            (Some(_), _) | (_, Decision::Held(_)) => 3,
+            (_, Decision::Forward) => 0,
+            (_, Decision::Unchanged) => 1,
+            (_, Decision::Duplicate) => 2,
+        };
+        counts[index] += 1;
+    }
+    let [forwarded, unchanged, duplicate, held] = counts;
+    let mut summary = format!(
+        "batch; events={}; forwarded={forwarded}; unchanged={unchanged}; duplicate={duplicate}; held={held}",
+        verdicts.len()
+    );
+    if shadow {
+        summary.push_str("; shadow");
+    }
+    summary
 }
 
 /// Default suppressed body: `{"decision": ..., "entity": ...}`, or a list for a batch.

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 
 use super::decide::{Decision, Verdict};
+use super::reply::NotifyError;
 use super::route::Matched;
 use super::Gateway;
 use crate::guard::{short, AuditEntry, Detection, HeldNotification, Reason};
@@ -143,6 +144,22 @@ impl Gateway {
         self.update_quarantine_gauge();
     }
 
+    /// Writes the quarantine table to disk when a verdict holds a notification, so a held
+    /// notification survives a crash once the producer has its 202. Without a snapshot
+    /// path, held notifications live in memory only.
+    pub(super) async fn save_holds(&self, verdicts: &[Verdict]) -> Result<(), NotifyError> {
+        let holds = verdicts
+            .iter()
+            .any(|v| matches!(v.decision, Decision::Held(_)));
+        match &self.held_writer {
+            Some(writer) if holds => writer.persist(&self.guard).await.map_err(|error| {
+                tracing::error!(%error, "cannot save held notifications; answering 503 so the producer retries");
+                NotifyError::HoldNotSaved
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Sets `ekko_quarantined_entities{route}` for every route.
     pub fn update_quarantine_gauge(&self) {
         let counts = self.guard.quarantined_per_route();
@@ -261,6 +278,12 @@ impl Gateway {
         if outcome != ReleaseOutcome::Retry {
             self.guard.leave(key);
             self.update_quarantine_gauge();
+            if let Some(writer) = &self.held_writer {
+                if let Err(error) = writer.persist(&self.guard).await {
+                    // The release is done; a stale file only repeats it after a restart.
+                    tracing::error!(%error, entity = %key, "cannot save the quarantine table after a release");
+                }
+            }
             tracing::info!(route = %quarantine.route, entity = %key, outcome = outcome.as_str(), held = quarantine.held_count, "quarantine released");
             self.guard.audit(
                 key,
@@ -340,7 +363,7 @@ impl Gateway {
             .send(upstream, request, super::forward::FORWARD_RESPONSE_LIMIT)
             .await
         {
-            Ok(response) if response.status().is_success() => {
+            Ok(response) if super::forward::delivered(&compiled.route.format, &response) => {
                 self.commit_release(key, compiled, held);
                 ReleaseOutcome::Delivered
             }

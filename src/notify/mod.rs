@@ -82,6 +82,7 @@ pub struct Gateway {
     client: UpstreamClient,
     state: Arc<StateStore>,
     guard: Arc<LoopGuard>,
+    held_writer: Option<guard::HeldWriter>,
     metrics: Arc<Metrics>,
     locks: EntityLocks,
     clock: Clock,
@@ -113,6 +114,11 @@ impl Gateway {
             client: UpstreamClient::new(connect_timeout, metrics.clone()),
             state,
             guard: loop_guard,
+            held_writer: policy
+                .state
+                .snapshot
+                .as_deref()
+                .map(|path| guard::HeldWriter::new(guard::held_path(path))),
             metrics,
             locks: EntityLocks::default(),
             clock: Clock::new(),
@@ -302,6 +308,7 @@ impl Gateway {
         tracing::debug!(route = %route.name, entity = %verdict.key, decision = verdict.decision.as_str(), "decided");
 
         let verdicts = [verdict];
+        self.save_holds(&verdicts).await?;
         if self.suppresses(matched, &verdicts) {
             return Ok(self.suppress(matched, &verdicts));
         }
@@ -376,6 +383,7 @@ impl Gateway {
             verdicts.push(verdict);
         }
 
+        self.save_holds(&verdicts).await?;
         if self.suppresses(matched, &verdicts) {
             return Ok(self.suppress(matched, &verdicts));
         }

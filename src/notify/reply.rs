@@ -70,6 +70,9 @@ pub enum NotifyError {
     /// An earlier notification for the same entity held it longer than `max_entity_wait`.
     #[error("entity is busy with earlier notifications; retry later")]
     EntityBusy,
+    /// A held notification could not be written to disk, so it is not acknowledged.
+    #[error("the held notification could not be saved; retry later")]
+    HoldNotSaved,
     /// Forwarding failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -105,9 +108,20 @@ impl NotifyError {
             | Self::Undecodable(_)
             | Self::MissingField { .. }
             | Self::KeyTooLong { .. } => StatusCode::BAD_REQUEST,
-            Self::EntityBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::EntityBusy | Self::HoldNotSaved => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(error) => failure_status(error),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Returns the `Ekko-Decision` value of an error response: `rejected` when the request
+    /// is at fault, `upstream_error` when the upstream failed, `busy` or `error` otherwise.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Self::Upstream(_) => "upstream_error",
+            Self::EntityBusy => "busy",
+            Self::HoldNotSaved | Self::Internal(_) => "error",
+            _ => "rejected",
         }
     }
 
@@ -123,6 +137,7 @@ impl NotifyError {
             Self::MissingField { .. } => "missing_field",
             Self::KeyTooLong { .. } => "entity_key_too_long",
             Self::EntityBusy => "entity_busy",
+            Self::HoldNotSaved => "hold_not_saved",
             Self::Upstream(UpstreamError::TimedOut { .. }) => "upstream_timeout",
             Self::Upstream(_) => "upstream_unavailable",
             Self::Internal(_) => "internal",
@@ -133,13 +148,16 @@ impl NotifyError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut response = json_response(self.status(), &body);
+        response
+            .headers_mut()
+            .insert(DECISION_HEADER, HeaderValue::from_static(self.decision()));
         match &self {
             Self::WrongMethod { allowed, .. } => {
                 if let Ok(value) = HeaderValue::from_str(allowed) {
                     response.headers_mut().insert(header::ALLOW, value);
                 }
             }
-            Self::EntityBusy => {
+            Self::EntityBusy | Self::HoldNotSaved => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -37,7 +37,10 @@ pub struct PolicyErrors(pub Vec<Problem>);
 fn render(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("policy line {}: `{}`: {}", p.line, p.key, p.message))
+        .map(|p| match (p.line, p.key.as_str()) {
+            (0, "") => format!("policy: {}", p.message),
+            _ => format!("policy line {}: `{}`: {}", p.line, p.key, p.message),
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -32,6 +32,15 @@ pub enum TemplateError {
     PartialSegment(String),
 }
 
+/// Why a path could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// The named field has no value.
+    Missing(String),
+    /// The named field's value is `.` or `..`.
+    DotSegment(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
@@ -98,16 +107,34 @@ impl Template {
 
     /// Renders a URL path: each value is percent-encoded as one path segment, so a value
     /// such as `../admin` or `a?b` can never change the path or the query.
+    ///
+    /// A value of `.` or `..` is rejected: those characters need no encoding, and a server
+    /// that removes dot segments (RFC 3986 §5.2.4) would fetch another resource.
     pub fn render_path<'a>(
         &self,
         lookup: impl Fn(&str) -> Option<&'a str>,
-    ) -> Result<String, String> {
-        self.render(lookup, SEGMENT)
+    ) -> Result<String, PathError> {
+        let mut dot_field = None;
+        let rendered = self.render(
+            |name| {
+                let value = lookup(name)?;
+                if value == "." || value == ".." {
+                    dot_field.get_or_insert_with(|| name.to_owned());
+                }
+                Some(value)
+            },
+            SEGMENT,
+        );
+        match (rendered, dot_field) {
+            (Err(name), _) => Err(PathError::Missing(name)),
+            (Ok(_), Some(name)) => Err(PathError::DotSegment(name)),
+            (Ok(path), None) => Ok(path),
+        }
     }
 
     fn render<'a>(
         &self,
-        lookup: impl Fn(&str) -> Option<&'a str>,
+        mut lookup: impl FnMut(&str) -> Option<&'a str>,
         escape: &'static AsciiSet,
     ) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len() + 16);
@@ -234,6 +261,23 @@ mod tests {
         let template = Template::parse("/persons/{id}").unwrap();
         let path = template.render_path(|_| Some("../admin?x=1#f")).unwrap();
         assert_eq!(path, "/persons/..%2Fadmin%3Fx%3D1%23f");
+    }
+
+    #[test]
+    fn dot_segment_values_are_rejected() {
+        let template = Template::parse("/persons/{id}").unwrap();
+        for value in [".", ".."] {
+            let result = template.render_path(|_| Some(value));
+            assert_eq!(
+                result,
+                Err(PathError::DotSegment("id".to_owned())),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            template.render_path(|_| Some("...")).unwrap(),
+            "/persons/..."
+        );
     }
 
     #[test]
