@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod guard;
+pub mod lookup;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -25,6 +25,64 @@ pub struct Policy {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Notification routes in policy order; the first match wins.
     pub notifications: Vec<NotificationRoute>,
+    /// Lookup routes for consumers' GET and HEAD requests, in policy order.
+    pub lookups: Vec<LookupRoute>,
+    /// The lookup cache's limits.
+    pub cache: CacheConfig,
+}
+
+/// The `cache` section.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Maximum bytes of cached responses, counting status line, headers and body
+    /// (default 256 MiB).
+    pub max_bytes: usize,
+}
+
+/// Who may share a cached response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Entries are partitioned by a hash of the consumer's credential (the default).
+    Private,
+    /// One entry per resource, served only to credentials the upstream accepted for this
+    /// route within `authorize_ttl`.
+    Shared,
+}
+
+/// One entry of `lookups`: consumers' reads of the source API through ekko.
+#[derive(Debug, Clone)]
+pub struct LookupRoute {
+    /// Route name, used as a metric label.
+    pub name: String,
+    /// Path pattern; `{name}` captures one segment.
+    pub path: PathPattern,
+    /// Upstream that serves the reads.
+    pub upstream: String,
+    /// Entity key template over the path's captures; must produce the same keys as the
+    /// notification routes, so a forwarded notification invalidates the right entries.
+    pub entity: Template,
+    /// Longest time an entry is served without a change notification (default 5 m).
+    /// A shorter upstream `max-age` or `s-maxage` wins.
+    pub ttl: Duration,
+    /// How long past its lifetime an entry may be served while the upstream fails
+    /// (RFC 5861 `stale-if-error`; default 0 s, off).
+    pub stale_if_error: Duration,
+    /// Private or shared entries (default private).
+    pub scope: CacheScope,
+    /// In shared scope, how long an upstream 2xx for a credential authorises it to be
+    /// served from the shared entry (default 60 s).
+    pub authorize_ttl: Duration,
+    /// Header that carries the consumer's credential besides `Authorization`, such as
+    /// an API key header (default none).
+    pub credential_header: Option<HeaderName>,
+    /// Largest response body that is cached (default 8 MiB); larger ones are relayed.
+    pub max_body: usize,
+    /// Longest time a request waits for another request's fetch of the same entry
+    /// before it fetches on its own (default 5 s).
+    pub waiter_timeout: Duration,
+    /// Time for which an uncacheable answer sends later requests straight upstream
+    /// instead of queueing behind one another (default 10 s).
+    pub uncacheable_ttl: Duration,
 }
 
 /// The `state` section.

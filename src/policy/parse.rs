@@ -11,8 +11,8 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::model::{
-    FingerprintSource, FingerprintSpec, Format, LoopGuardConfig, NotificationRoute, OnUndecodable,
-    Pointers, Policy, RouteMode, StateConfig, SuppressedResponse, UpstreamConfig,
+    CacheConfig, FingerprintSource, FingerprintSpec, Format, LoopGuardConfig, NotificationRoute,
+    OnUndecodable, Pointers, Policy, RouteMode, StateConfig, SuppressedResponse, UpstreamConfig,
 };
 use super::template::{PathPattern, Template, TemplateError};
 use super::units::{self, UnitError};
@@ -567,6 +567,10 @@ impl Checker {
             state: state?,
             upstreams: upstreams?,
             notifications: notifications?,
+            lookups: Vec::new(),
+            cache: CacheConfig {
+                max_bytes: 256 << 20,
+            },
         })
     }
 
