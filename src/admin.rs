@@ -38,6 +38,12 @@ impl Admin {
                 return self.release(&decode_entity(entity)).await;
             }
         }
+        if path == "/admin/cache/purge" {
+            if method != Method::POST {
+                return not_allowed("POST");
+            }
+            return self.purge(request.uri().query());
+        }
         if method != Method::GET && method != Method::HEAD {
             return not_allowed("GET, HEAD");
         }
@@ -47,13 +53,14 @@ impl Admin {
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/admin/quarantine" => self.quarantine_list(),
+            "/admin/cache" => json_response(StatusCode::OK, &self.gateway.lookups().summary()),
             other => match other.strip_prefix("/admin/entities/") {
                 Some(entity) if !entity.is_empty() => self.entity(&decode_entity(entity)),
                 _ => json_response(
                     StatusCode::NOT_FOUND,
                     &json!({
                         "error": "not_found",
-                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine, /admin/entities/{{entity}} or POST /admin/quarantine/{{entity}}/release"),
+                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine, /admin/entities/{{entity}}, /admin/cache, POST /admin/cache/purge or POST /admin/quarantine/{{entity}}/release"),
                     }),
                 ),
             },
@@ -172,6 +179,34 @@ impl Admin {
             "decisions": audit,
         });
         json_response(StatusCode::OK, &body)
+    }
+
+    /// `POST /admin/cache/purge?entity=KEY` or `?path=PREFIX`: removes cached lookups.
+    fn purge(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let params: Vec<(String, String)> = query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, value)| (name.to_owned(), decode_entity(&value.replace('+', " "))))
+            .collect();
+        let lookups = self.gateway.lookups();
+        let (target, removed) = match params.first().map(|(n, v)| (n.as_str(), v.as_str())) {
+            Some(("entity", entity)) => (entity.to_owned(), lookups.purge_entity(entity)),
+            Some(("path", path)) if path.starts_with('/') => {
+                (path.to_owned(), lookups.purge_path(path))
+            }
+            _ => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "error": "bad_request", "message": "name what to purge: ?entity=<entity key> or ?path=</path prefix>, percent-encoded" }),
+                )
+            }
+        };
+        tracing::info!(target = %target, removed, "cache purge requested on the admin API");
+        json_response(
+            StatusCode::OK,
+            &json!({ "purged": target, "removed": removed }),
+        )
     }
 
     fn config(&self, route: &str) -> LoopGuardConfig {

@@ -63,6 +63,15 @@ pub struct OutcomeRouteLabels {
     pub outcome: &'static str,
 }
 
+/// `route` and `status` labels of cache requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheStatusLabels {
+    /// Lookup route name from the policy.
+    pub route: String,
+    /// `hit`, `stale`, `miss`, `collapsed`, `bypass` or `not_modified`.
+    pub status: &'static str,
+}
+
 /// `upstream` and `code` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCodeLabels {
@@ -128,6 +137,16 @@ pub struct Metrics {
     pub quarantined_entities: Family<RouteLabels, Gauge>,
     /// `ekko_loop_releases_total{route,outcome}`.
     pub loop_releases: Family<OutcomeRouteLabels, Counter>,
+    /// `ekko_cache_requests_total{route,status}`.
+    pub cache_requests: Family<CacheStatusLabels, Counter>,
+    /// `ekko_cache_bytes`.
+    pub cache_bytes: Gauge,
+    /// `ekko_cache_entries`.
+    pub cache_entries: Gauge,
+    /// `ekko_cache_evictions_total`.
+    pub cache_evictions: Counter,
+    /// `ekko_cache_invalidations_total{route}`: entities invalidated by a change.
+    pub cache_invalidations: Family<RouteLabels, Counter>,
 }
 
 impl Metrics {
@@ -148,6 +167,11 @@ impl Metrics {
             loop_detections: Family::default(),
             quarantined_entities: Family::default(),
             loop_releases: Family::default(),
+            cache_requests: Family::default(),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
+            cache_evictions: Counter::default(),
+            cache_invalidations: Family::default(),
             registry: Registry::default(),
         };
         metrics.register(&mut registry);
@@ -233,6 +257,31 @@ impl Metrics {
             "loop_releases",
             "Quarantine releases by outcome",
             self.loop_releases.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Lookup requests by cache status",
+            self.cache_requests.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the lookup cache",
+            self.cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Entries in the lookup cache",
+            self.cache_entries.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Cache entries evicted by the max_bytes bound",
+            self.cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_invalidations",
+            "Entities whose cache entries a change invalidated",
+            self.cache_invalidations.clone(),
         );
     }
 

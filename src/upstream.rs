@@ -110,6 +110,17 @@ impl UpstreamClient {
         for (name, value) in &upstream.headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }
+        self.send_as_is(upstream, request, body_limit).await
+    }
+
+    /// Sends `request` without adding the upstream's configured headers: consumers' lookups
+    /// travel with their own credential, never with ekko's.
+    pub async fn send_as_is(
+        &self,
+        upstream: &UpstreamConfig,
+        request: Request<Full<Bytes>>,
+        body_limit: usize,
+    ) -> Result<Response<Bytes>, UpstreamError> {
         let started = Instant::now();
         let outcome = tokio::time::timeout(
             upstream.timeout,

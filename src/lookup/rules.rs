@@ -90,7 +90,11 @@ pub fn not_storable(
 
 /// Freshness lifetime: the route's `ttl`, shortened by `s-maxage` (shared scope) or
 /// `max-age`; zero for `no-cache`.
-pub fn freshness_lifetime(directives: &ResponseDirectives, ttl: Duration, shared: bool) -> Duration {
+pub fn freshness_lifetime(
+    directives: &ResponseDirectives,
+    ttl: Duration,
+    shared: bool,
+) -> Duration {
     let _ = (directives, ttl, shared);
     todo!("rules")
 }

@@ -1,12 +1,13 @@
 //! The decision for one notification: duplicate, unchanged, or forward.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::envelope::Event;
 use super::fingerprint::{compute, Fingerprint};
-use super::locks::{EntitySlot, StateFetch};
+use super::locks::{EntitySlot, OwnFetch, StateFetch};
 use super::route::Matched;
 use super::Gateway;
 use crate::guard::Reason;
@@ -72,6 +73,8 @@ pub struct Verdict {
     pub source: Option<String>,
     /// On a shadow route: the hold that enforce mode would have made.
     pub would_hold: Option<Reason>,
+    /// ekko's own fetch of the entity, stored in the lookup cache when this is forwarded.
+    pub own_fetch: Option<Arc<OwnFetch>>,
 }
 
 /// Decisions made earlier in the same batch and not yet committed.
@@ -117,11 +120,13 @@ impl Gateway {
                     trace: None,
                     source: event.source.clone(),
                     would_hold: None,
+                    own_fetch: None,
                 };
             }
         }
 
         let fingerprint = self.fingerprint(matched, event, arrived, slot).await;
+        let own_fetch = slot.own_fetch.take();
         let last = match pending.fingerprints.get(&key) {
             Some(fingerprint) => Some((*fingerprint, matched.route.spec)),
             None => self.state.entity(&key).map(|r| (r.fingerprint, r.spec)),
@@ -141,6 +146,7 @@ impl Gateway {
             trace: None,
             source: event.source.clone(),
             would_hold: None,
+            own_fetch,
         }
     }
 
@@ -193,7 +199,8 @@ impl Gateway {
             }
         }
         let started = Instant::now();
-        let fetch = self.fetch_state(matched, event).await;
+        let (fetch, own_fetch) = self.fetch_state(matched, event).await;
+        slot.own_fetch = own_fetch;
         let result = match &fetch {
             StateFetch::Found(_) => "ok",
             StateFetch::Deleted => "deleted",
@@ -204,19 +211,23 @@ impl Gateway {
         fetch
     }
 
-    async fn fetch_state(&self, matched: &Matched<'_>, event: &Event) -> StateFetch {
+    async fn fetch_state(
+        &self,
+        matched: &Matched<'_>,
+        event: &Event,
+    ) -> (StateFetch, Option<Arc<OwnFetch>>) {
         let compiled = matched.route;
         let FingerprintSource::Lookup { upstream, path } = &compiled.route.fingerprint.source
         else {
-            return StateFetch::Failed("not_lookup");
+            return (StateFetch::Failed("not_lookup"), None);
         };
         let Some(upstream) = self.upstreams.get(upstream) else {
-            return StateFetch::Failed("unknown_upstream");
+            return (StateFetch::Failed("unknown_upstream"), None);
         };
         let path = match path.render_path(|name| field(matched, event, name)) {
             Ok(path) => path,
-            Err(PathError::Missing(_)) => return StateFetch::Failed("missing_field"),
-            Err(PathError::DotSegment(_)) => return StateFetch::Failed("dot_segment"),
+            Err(PathError::Missing(_)) => return (StateFetch::Failed("missing_field"), None),
+            Err(PathError::DotSegment(_)) => return (StateFetch::Failed("dot_segment"), None),
         };
         let response = match self
             .client
@@ -226,24 +237,16 @@ impl Gateway {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(route = %compiled.route.name, upstream = %upstream.name, %error, "fingerprint lookup failed");
-                return StateFetch::Failed(error.code_label());
+                return (StateFetch::Failed(error.code_label()), None);
             }
         };
-        let status = response.status().as_u16();
-        if status == 404 || status == 410 {
-            return StateFetch::Deleted;
-        }
-        if !response.status().is_success() {
-            return StateFetch::Failed(if status >= 500 {
-                "status_5xx"
-            } else {
-                "status_other"
-            });
-        }
-        match serde_json::from_slice(response.body()) {
-            Ok(state) => StateFetch::Found(compute(state, &compiled.mask).fingerprint),
-            Err(_) => StateFetch::Failed("invalid_json"),
-        }
+        let fetch = state_of(&response, &compiled.mask);
+        let own_fetch = OwnFetch {
+            upstream: upstream.name.clone(),
+            path,
+            response,
+        };
+        (fetch, Some(Arc::new(own_fetch)))
     }
 
     pub(super) fn count_fail_open(&self, route: &str, reason: &'static str) {
@@ -265,6 +268,28 @@ impl Gateway {
                 result,
             })
             .inc();
+    }
+}
+
+/// Reads the entity's state from a source API answer.
+fn state_of(
+    response: &http::Response<bytes::Bytes>,
+    mask: &crate::notify::mask::Mask,
+) -> StateFetch {
+    let status = response.status().as_u16();
+    if status == 404 || status == 410 {
+        return StateFetch::Deleted;
+    }
+    if !response.status().is_success() {
+        return StateFetch::Failed(if status >= 500 {
+            "status_5xx"
+        } else {
+            "status_other"
+        });
+    }
+    match serde_json::from_slice(response.body()) {
+        Ok(state) => StateFetch::Found(compute(state, mask).fingerprint),
+        Err(_) => StateFetch::Failed("invalid_json"),
     }
 }
 

@@ -110,6 +110,13 @@ impl Gateway {
             [_] => Hops::Single(hops),
             _ => Hops::Batch(hops),
         };
+        let shadow = route.mode == RouteMode::Shadow;
+        for verdict in verdicts
+            .iter()
+            .filter(|v| shadow || v.decision == Decision::Forward)
+        {
+            self.refresh_cache(&route.name, verdict);
+        }
         let upstream_response = match self.forward(matched, parts, body, peer, stamp).await {
             Ok(response) => response,
             Err(error) => {
@@ -120,7 +127,6 @@ impl Gateway {
             }
         };
 
-        let shadow = route.mode == RouteMode::Shadow;
         let accepted = delivered(&route.format, &upstream_response);
         if upstream_response.status().is_success() && !accepted {
             tracing::warn!(route = %route.name, "RabbitMQ answered routed=false: no queue took the message, so nothing is committed");
@@ -221,6 +227,17 @@ impl Gateway {
             tracing::warn!(route = %route.name, upstream = %upstream.name, %error, "forward failed; nothing committed");
             NotifyError::Upstream(error)
         })
+    }
+
+    /// Invalidates the entity's cached lookups before its change is forwarded, so no
+    /// consumer reacting to it can get the old copy, and stores ekko's own fresh fetch in
+    /// its place.
+    pub(super) fn refresh_cache(&self, route: &str, verdict: &Verdict) {
+        self.lookups.invalidate(&verdict.key, route);
+        if let Some(own) = &verdict.own_fetch {
+            self.lookups
+                .store_own_fetch(&own.upstream, &own.path, &own.response);
+        }
     }
 
     /// Records a forwarded verdict as the entity's last forwarded state.

@@ -341,6 +341,7 @@ impl Gateway {
             self.guard.retry_later(key, self.clock.now_ms());
             return ReleaseOutcome::Retry;
         };
+        self.lookups.invalidate(key, route_name);
         let mut headers = forward_headers(&held.headers, upstream, held.peer);
         headers.insert(
             COALESCED_HEADER,

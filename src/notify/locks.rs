@@ -27,6 +27,20 @@ pub struct EntitySlot {
     /// arrived before that start can reuse it: the state fetched is at least as new as the
     /// state that notification announced.
     pub last_lookup: Option<(Instant, StateFetch)>,
+    /// The source API's answer of the newest lookup, until a forward hands it to the
+    /// lookup cache.
+    pub own_fetch: Option<Arc<OwnFetch>>,
+}
+
+/// ekko's own fetch of an entity, kept so consumers reacting to the change hit the cache.
+#[derive(Debug)]
+pub struct OwnFetch {
+    /// Upstream name.
+    pub upstream: String,
+    /// Request path on the upstream.
+    pub path: String,
+    /// The answer.
+    pub response: http::Response<bytes::Bytes>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<EntitySlot>>;

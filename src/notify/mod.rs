@@ -83,6 +83,7 @@ pub struct Gateway {
     state: Arc<StateStore>,
     guard: Arc<LoopGuard>,
     held_writer: Option<guard::HeldWriter>,
+    lookups: crate::lookup::LookupCache,
     metrics: Arc<Metrics>,
     locks: EntityLocks,
     clock: Clock,
@@ -108,10 +109,12 @@ impl Gateway {
             .map(|u| u.connect_timeout)
             .min()
             .unwrap_or(Duration::from_secs(2));
+        let client = UpstreamClient::new(connect_timeout, metrics.clone());
         Ok(Self {
             routes,
             upstreams: policy.upstreams.clone(),
-            client: UpstreamClient::new(connect_timeout, metrics.clone()),
+            lookups: crate::lookup::LookupCache::new(policy, client.clone(), metrics.clone()),
+            client,
             state,
             guard: loop_guard,
             held_writer: policy
@@ -123,6 +126,11 @@ impl Gateway {
             locks: EntityLocks::default(),
             clock: Clock::new(),
         })
+    }
+
+    /// The lookup cache, for the admin API.
+    pub fn lookups(&self) -> &crate::lookup::LookupCache {
+        &self.lookups
     }
 
     /// The loop guard's tables, for the admin API.
@@ -164,7 +172,16 @@ impl Gateway {
     {
         let arrived = Instant::now();
         let (parts, body) = request.into_parts();
-        let matched = match route::find(&self.routes, &parts.method, parts.uri.path()) {
+        let found = route::find(&self.routes, &parts.method, parts.uri.path());
+        if !matches!(found, RouteMatch::Found(_)) {
+            if let Some(lookup) = self.lookups.find(parts.uri.path()) {
+                if let Err(error) = reject_dot_segments(parts.uri.path()) {
+                    return error.into_response();
+                }
+                return self.lookups.handle(lookup, &parts, body, peer).await;
+            }
+        }
+        let matched = match found {
             RouteMatch::Found(matched) => matched,
             RouteMatch::WrongMethod(allowed) => {
                 let allowed = allowed
