@@ -122,7 +122,8 @@ fn recently_read_entries_survive() {
 
 #[test]
 fn remove_and_clear_empty_table() {
-    let table = BoundedTable::new(bound(10));
+    // Large shards, so the two keys never evict each other whatever their shards are.
+    let table = BoundedTable::new(bound(1000));
     table.insert("a", 1);
     table.insert("b", 2);
     assert_eq!(table.remove("a"), Some(1));
@@ -237,7 +238,7 @@ fn round_trip_keeps_records_and_order() {
 fn save_reports_written_records() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = snapshot_path(&dir);
-    let store = StateStore::new(bound(10), bound(10));
+    let store = StateStore::new(bound(1000), bound(1000));
     store.commit("a", record(1));
     store.commit("b", record(2));
     store.record_event("hr\0e-1", 5);
@@ -281,12 +282,12 @@ fn overlong_key_is_left_out() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = snapshot_path(&dir);
     let long_key = "x".repeat(70_000);
-    let store = StateStore::new(bound(10), bound(10));
+    let store = StateStore::new(bound(1000), bound(1000));
     store.commit(&long_key, record(1));
     store.commit("short", record(2));
 
     let stats = store.save(&path).expect("save succeeds");
-    let (loaded, _) = StateStore::load(&path, bound(10), bound(10)).expect("load succeeds");
+    let (loaded, _) = StateStore::load(&path, bound(1000), bound(1000)).expect("load succeeds");
 
     assert_eq!(stats.entities, 1);
     assert_eq!(loaded.entities.peek(&long_key), None);
