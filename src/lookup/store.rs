@@ -283,11 +283,6 @@ impl CacheStore {
             .sum()
     }
 
-    /// Entries and bytes per route, sorted by route.
-    pub fn entries_per_route(&self) -> Vec<(String, usize, usize)> {
-        todo!("cache store")
-    }
-
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
