@@ -69,9 +69,9 @@ fn error_cases() -> Vec<(&'static str, String, u64, &'static str, &'static str)>
         ),
         (
             "unknown key without suggestion",
-            format!("{BASE}cache: {{ max_bytes: 1MiB }}\n"),
+            format!("{BASE}metrics: {{ path: /metrics }}\n"),
             10,
-            "cache",
+            "metrics",
             "allowed keys: listen, admin_listen",
         ),
         (

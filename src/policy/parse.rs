@@ -11,8 +11,8 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::model::{
-    CacheConfig, FingerprintSource, FingerprintSpec, Format, LoopGuardConfig, NotificationRoute,
-    OnUndecodable, Pointers, Policy, RouteMode, StateConfig, SuppressedResponse, UpstreamConfig,
+    FingerprintSource, FingerprintSpec, Format, LoopGuardConfig, NotificationRoute, OnUndecodable,
+    Pointers, Policy, RouteMode, StateConfig, SuppressedResponse, UpstreamConfig,
 };
 use super::template::{PathPattern, Template, TemplateError};
 use super::units::{self, UnitError};
@@ -103,6 +103,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy,
     Err(PolicyErrors(checker.into_problems()))
 }
 
+mod lookups;
 mod loop_guard;
 
 const TOP_KEYS: &[&str] = &[
@@ -112,6 +113,8 @@ const TOP_KEYS: &[&str] = &[
     "state",
     "upstreams",
     "notifications",
+    "lookups",
+    "cache",
 ];
 const STATE_KEYS: &[&str] = &[
     "max_entities",
@@ -559,6 +562,12 @@ impl Checker {
         let upstreams = self.upstreams(upstreams_field);
         let notifications_field = fields.required(self, "notifications");
         let notifications = self.notifications(notifications_field, &upstream_names);
+        let lookups = self.lookups(
+            fields.get("lookups"),
+            fields.get("notifications"),
+            &upstream_names,
+        );
+        let cache = self.cache(fields.get("cache"));
 
         Some(Policy {
             listen: listen?,
@@ -567,10 +576,8 @@ impl Checker {
             state: state?,
             upstreams: upstreams?,
             notifications: notifications?,
-            lookups: Vec::new(),
-            cache: CacheConfig {
-                max_bytes: 256 << 20,
-            },
+            lookups: lookups?,
+            cache: cache?,
         })
     }
 
