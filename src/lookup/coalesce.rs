@@ -68,18 +68,6 @@ impl Inflight {
             flight,
         })
     }
-
-    /// Number of fetches in flight.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no fetch is in flight.
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl WriterGuard<'_> {

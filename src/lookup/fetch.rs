@@ -93,11 +93,14 @@ impl LookupCache {
             Err(error) => return Fetched::Failed(Failure::Upstream(error)),
         };
         let credential = self.credential(route, &parts.headers);
-        if route.scope == CacheScope::Shared && response.status().is_success() {
-            self.mark_authorized(route, &credential);
+        if route.scope == CacheScope::Shared {
+            if response.status().is_success() {
+                self.mark_authorized(route, &credential);
+            } else if matches!(response.status().as_u16(), 401 | 403) {
+                self.revoke_authorized(route, &credential);
+            }
         }
-        let authorized_request = parts.headers.contains_key(header::AUTHORIZATION);
-        match self.store_response(matched, parts, base, epoch, &response, authorized_request) {
+        match self.store_response(matched, parts, base, epoch, &response) {
             Some((stored_key, entry)) if stored_key == *key => Fetched::Stored(entry),
             // The answer varies on other headers than the waiters were keyed on.
             _ => Fetched::Relayed(response),
@@ -112,21 +115,24 @@ impl LookupCache {
         base: &CacheKey,
         epoch: u64,
         response: &Response<Bytes>,
-        authorized_request: bool,
     ) -> Option<(CacheKey, Arc<CacheEntry>)> {
         let route = matched.route;
         let directives = rules::response_directives(response.headers());
         let vary = rules::vary(response.headers());
         let private_scope = route.scope == CacheScope::Private;
-        let refused = rules::not_storable(
-            response.status(),
-            authorized_request,
-            private_scope,
-            &directives,
-            &vary,
-        )
-        .or_else(|| (response.body().len() > route.max_body).then_some("size"))
-        .or_else(|| matches!(response.status().as_u16(), 401 | 403).then_some("unauthorized"));
+        // RFC 9111 §3.5 keeps a shared cache from storing answers to requests with
+        // `Authorization`, because it cannot tell who else may see them. ekko can: a private
+        // entry is keyed by the credential, and a shared route serves an entry only to
+        // credentials the upstream accepted on that route within `authorize_ttl`. So the
+        // rule is applied as if the request carried none; `private` and `no-store` still hold.
+        let refused =
+            rules::not_storable(response.status(), false, private_scope, &directives, &vary)
+                .or_else(|| (response.body().len() > route.max_body).then_some("size"));
+        if matches!(response.status().as_u16(), 401 | 403) {
+            // A refusal belongs to one credential: never stored, and it must not make
+            // other consumers bypass the cache either.
+            return None;
+        }
         if let Some(reason) = refused {
             tracing::debug!(route = %route.name, reason, "lookup answer not stored");
             let until = self.clock.now_ms() + route.uncacheable_ttl.as_millis() as u64;
@@ -239,8 +245,7 @@ impl LookupCache {
         if response.status().is_success() {
             self.mark_authorized(route, &credential);
             let base = self.base_key(route, parts, &credential);
-            let authorized_request = parts.headers.contains_key(header::AUTHORIZATION);
-            self.store_response(matched, parts, &base, epoch, &response, authorized_request);
+            self.store_response(matched, parts, &base, epoch, &response);
         }
         self.relay(
             matched,
@@ -321,7 +326,7 @@ impl LookupCache {
         let (parts, ()) = request.into_parts();
         let base = self.base_key(route, &parts, &[]);
         let epoch = self.epochs.snapshot();
-        self.store_response(&matched, &parts, &base, epoch, response, false)
+        self.store_response(&matched, &parts, &base, epoch, response)
             .is_some()
     }
 }

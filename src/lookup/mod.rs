@@ -442,6 +442,11 @@ impl LookupCache {
         self.authorized.insert(&key, until);
     }
 
+    fn revoke_authorized(&self, route: &LookupRoute, credential: &[u8]) {
+        let key = authorization_key(route, &self.credential_digest(credential));
+        self.authorized.remove(&key);
+    }
+
     /// Admin: removes the entries of an entity, and makes fetches in flight for it unable
     /// to store; returns the number of entries removed.
     pub fn purge_entity(&self, entity: &str) -> usize {
