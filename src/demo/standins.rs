@@ -77,6 +77,7 @@ pub struct Hr {
     persons: Mutex<HashMap<String, Value>>,
     saves: Mutex<u64>,
     lookups: Mutex<u64>,
+    own_lookups: Mutex<u64>,
 }
 
 impl Hr {
@@ -108,9 +109,16 @@ impl Hr {
             .insert(person.id.to_owned(), user);
     }
 
-    /// Serves `GET /scim/v2/Users/{id}`.
-    pub fn get(&self, path: &str) -> (u16, String) {
+    /// Serves `GET /scim/v2/Users/{id}`; `ekko_token` tells ekko's own lookups apart.
+    pub fn get(&self, path: &str, headers: &HeaderMap, ekko_token: &str) -> (u16, String) {
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let bearer = format!("Bearer {ekko_token}");
+        if headers
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == bearer.as_bytes())
+        {
+            *self.own_lookups.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        }
         let id = path.rsplit('/').next().unwrap_or("");
         match self
             .persons
@@ -126,9 +134,14 @@ impl Hr {
         }
     }
 
-    /// Lookups served so far.
+    /// Lookups served so far, ekko's and consumers'.
     pub fn lookups(&self) -> u64 {
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// ekko's own fingerprint lookups so far.
+    pub fn own_lookups(&self) -> u64 {
+        *self.own_lookups.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
