@@ -38,7 +38,7 @@ pub enum Role<'a> {
     Waiter(watch::Receiver<Option<FlightResult>>),
 }
 
-/// Held by the request that fetches; dropping it without `finish` tells waiters to fetch
+/// Held by the request that fetches; dropping it without `finish` makes the waiters fetch
 /// on their own.
 pub struct WriterGuard<'a> {
     inflight: &'a Inflight,

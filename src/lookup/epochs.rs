@@ -13,7 +13,7 @@ use crate::state::BoundedTable;
 /// fetch that began before a change can never serve or store pre-change data. Entities
 /// that fall out of the bounded table take the `floor`: the counter value at the last
 /// eviction, which invalidates older entries of every untracked entity. Eviction therefore
-/// only costs extra misses, never a stale answer.
+/// only costs extra misses, never a stale response.
 pub struct Epochs {
     counter: AtomicU64,
     floor: AtomicU64,

@@ -21,7 +21,7 @@ use crate::upstream::{forward_headers, response_headers, UpstreamClient, Upstrea
 pub enum Fetched {
     /// Stored, and servable to waiters.
     Stored(Arc<CacheEntry>),
-    /// A usable answer that was not stored.
+    /// A usable response that was not stored.
     Relayed(Response<Bytes>),
     /// The upstream failed; a stale entry may stand in.
     Failed(Failure),
@@ -36,7 +36,7 @@ pub enum Failure {
 }
 
 /// Conditional request fields are not forwarded: ekko needs the full response to store,
-/// and answers `If-None-Match` itself.
+/// and handles `If-None-Match` itself.
 const CONDITIONAL: [header::HeaderName; 4] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
@@ -45,7 +45,7 @@ const CONDITIONAL: [header::HeaderName; 4] = [
 ];
 
 impl LookupCache {
-    /// Sends the consumer's GET (a HEAD is fetched as GET so the answer can be stored)
+    /// Sends the consumer's GET (a HEAD is fetched as GET so the response can be stored)
     /// with the consumer's own headers and credential.
     async fn fetch(
         &self,
@@ -73,7 +73,7 @@ impl LookupCache {
         self.client.send_as_is(upstream, request, limit).await
     }
 
-    /// The writer's fetch: stores the answer when RFC 9111 and the policy allow it and no
+    /// The writer's fetch: stores the response when RFC 9111 and the policy allow it and no
     /// change arrived meanwhile.
     pub(super) async fn fetch_and_store(
         &self,
@@ -102,7 +102,7 @@ impl LookupCache {
         }
         match self.store_response(matched, parts, base, epoch, &response) {
             Some((stored_key, entry)) if stored_key == *key => Fetched::Stored(entry),
-            // The answer varies on other headers than the waiters were keyed on.
+            // The response varies on other headers than the waiters were keyed on.
             _ => Fetched::Relayed(response),
         }
     }
@@ -120,7 +120,7 @@ impl LookupCache {
         let directives = rules::response_directives(response.headers());
         let vary = rules::vary(response.headers());
         let private_scope = route.scope == CacheScope::Private;
-        // RFC 9111 §3.5 keeps a shared cache from storing answers to requests with
+        // RFC 9111 §3.5 keeps a shared cache from storing responses to requests with
         // `Authorization`, because it cannot tell who else may see them. ekko can: a private
         // entry is keyed by the credential, and a shared route serves an entry only to
         // credentials the upstream accepted on that route within `authorize_ttl`. So the
@@ -134,7 +134,7 @@ impl LookupCache {
             return None;
         }
         if let Some(reason) = refused {
-            tracing::debug!(route = %route.name, reason, "lookup answer not stored");
+            tracing::debug!(route = %route.name, reason, "lookup response not stored");
             let until = self.clock.now_ms() + route.uncacheable_ttl.as_millis() as u64;
             if route.uncacheable_ttl.as_millis() > 0 {
                 self.uncacheable.insert(&super::hex(base), until);
@@ -142,7 +142,7 @@ impl LookupCache {
             return None;
         }
         if !self.epochs.is_valid(&matched.entity, epoch) {
-            // A change arrived while this fetch ran; its answer may predate the change.
+            // A change arrived while this fetch ran; its response may predate the change.
             return None;
         }
 
@@ -207,7 +207,7 @@ impl LookupCache {
         }
     }
 
-    /// Fetches without the cache and relays the answer, with `Cache-Status` naming why.
+    /// Fetches without the cache and relays the response, with `Cache-Status` naming why.
     pub(super) async fn fetch_direct(
         &self,
         matched: &Matched<'_>,
@@ -225,7 +225,7 @@ impl LookupCache {
     }
 
     /// A credential not yet authorised on a shared route: its own request goes upstream,
-    /// and a 2xx answer authorises it for `authorize_ttl` and may refresh the entry.
+    /// and a 2xx response authorises it for `authorize_ttl` and may refresh the entry.
     pub(super) async fn fetch_to_authorize(
         &self,
         matched: &Matched<'_>,
@@ -331,7 +331,7 @@ impl LookupCache {
     }
 }
 
-/// A weak entity-tag from the body's blake3 digest, for answers without one (RFC 9110
+/// A weak entity-tag from the body's blake3 digest, for responses without one (RFC 9110
 /// §8.8.3): weak, because it identifies the bytes, not the representation's semantics.
 fn weak_etag(body: &Bytes) -> HeaderValue {
     let digest = blake3::hash(body).to_hex();

@@ -36,7 +36,7 @@ const SIDE_TABLE_ENTRIES: usize = 100_000;
 /// Hit and request counts of one lookup route, for the admin API.
 #[derive(Default)]
 pub struct RouteStats {
-    /// Requests answered from the cache (fresh, stale or collapsed).
+    /// Requests served from the cache (fresh, stale or collapsed).
     pub hits: AtomicU64,
     /// All GET and HEAD requests.
     pub requests: AtomicU64,

@@ -1,4 +1,4 @@
-//! Responses of the lookup path: cached entries, relayed answers, 304 and errors.
+//! Responses of the lookup path: cached entries, relayed responses, 304 and errors.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -65,7 +65,7 @@ pub fn not_modified(
     response
 }
 
-/// Relays an upstream answer that did not come from the cache.
+/// Relays an upstream response that did not come from the cache.
 pub fn relayed(
     upstream: Response<Bytes>,
     head: bool,
