@@ -47,7 +47,7 @@ const CONDITIONAL: [header::HeaderName; 4] = [
 impl LookupCache {
     /// Sends the consumer's GET (a HEAD is fetched as GET so the response can be stored)
     /// with the consumer's own headers and credential.
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         route: &LookupRoute,
         parts: &Parts,
@@ -95,9 +95,9 @@ impl LookupCache {
         let credential = self.credential(route, &parts.headers);
         if route.scope == CacheScope::Shared {
             if response.status().is_success() {
-                self.mark_authorized(route, &credential);
+                self.mark_authorized(route, parts, &credential);
             } else if matches!(response.status().as_u16(), 401 | 403) {
-                self.revoke_authorized(route, &credential);
+                self.revoke_authorized(route, parts, &credential);
             }
         }
         match self.store_response(matched, parts, base, epoch, &response) {
@@ -243,7 +243,7 @@ impl LookupCache {
             }
         };
         if response.status().is_success() {
-            self.mark_authorized(route, &credential);
+            self.mark_authorized(route, parts, &credential);
             let base = self.base_key(route, parts, &credential);
             self.store_response(matched, parts, &base, epoch, &response);
         }

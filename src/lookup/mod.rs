@@ -22,7 +22,7 @@ use hyper::body::Body;
 
 use crate::metrics::{CacheStatusLabels, Metrics, RouteLabels};
 use crate::notify::Clock;
-use crate::policy::{CacheScope, LookupRoute, Policy, UpstreamConfig};
+use crate::policy::{AuthorizeBy, CacheScope, LookupRoute, Policy, UpstreamConfig};
 use crate::state::BoundedTable;
 use crate::upstream::UpstreamClient;
 use coalesce::{FlightResult, Inflight, Role};
@@ -151,7 +151,11 @@ impl LookupCache {
         }
 
         let credential = self.credential(route, &parts.headers);
-        if route.scope == CacheScope::Shared && !self.is_authorized(route, &credential) {
+        if route.scope == CacheScope::Shared && !self.is_authorized(route, parts, &credential) {
+            if directives.only_if_cached {
+                // An unauthorised credential cannot be served from the cache at all.
+                return respond::gateway_timeout_only_if_cached();
+            }
             return self
                 .fetch_to_authorize(&matched, parts, peer, credential)
                 .await;
@@ -240,10 +244,7 @@ impl LookupCache {
                         collapsed: true,
                     },
                 ),
-                _ => {
-                    self.fetch_direct(matched, parts, peer, "coalesce-wait")
-                        .await
-                }
+                _ => self.fetch_or_stale(matched, parts, peer, stale).await,
             },
             Role::Writer(writer) => {
                 let fetched = self.fetch_and_store(matched, parts, peer, base, &key).await;
@@ -277,6 +278,33 @@ impl LookupCache {
                         self.stale_or_failure(matched, parts, stale, failure)
                     }
                 }
+            }
+        }
+    }
+
+    /// A waiter that got nothing usable from the writer fetches on its own; when that fails
+    /// too, the stale entry stands in as it does for the writer.
+    async fn fetch_or_stale(
+        &self,
+        matched: &Matched<'_>,
+        parts: &Parts,
+        peer: SocketAddr,
+        stale: Option<Arc<CacheEntry>>,
+    ) -> Response<Full<Bytes>> {
+        match self.fetch(matched.route, parts, peer).await {
+            Ok(response) if is_error_status(response.status()) => {
+                self.stale_or_failure(matched, parts, stale, fetch::Failure::Status(response))
+            }
+            Ok(response) => self.relay(
+                matched,
+                parts,
+                response,
+                CacheOutcome::Bypass {
+                    detail: "coalesce-wait",
+                },
+            ),
+            Err(error) => {
+                self.stale_or_failure(matched, parts, stale, fetch::Failure::Upstream(error))
             }
         }
     }
@@ -429,21 +457,36 @@ impl LookupCache {
         vary_key(base, &names, headers)
     }
 
-    fn is_authorized(&self, route: &LookupRoute, credential: &[u8]) -> bool {
-        let key = authorization_key(route, &self.credential_digest(credential));
+    fn is_authorized(&self, route: &LookupRoute, parts: &Parts, credential: &[u8]) -> bool {
+        let key = self.authorization_key(route, parts, credential);
         self.authorized
             .peek(&key)
             .is_some_and(|until| until > self.clock.now_ms())
     }
 
-    fn mark_authorized(&self, route: &LookupRoute, credential: &[u8]) {
-        let key = authorization_key(route, &self.credential_digest(credential));
+    fn mark_authorized(&self, route: &LookupRoute, parts: &Parts, credential: &[u8]) {
+        let key = self.authorization_key(route, parts, credential);
         let until = self.clock.now_ms() + route.authorize_ttl.as_millis() as u64;
         self.authorized.insert(&key, until);
     }
 
-    fn revoke_authorized(&self, route: &LookupRoute, credential: &[u8]) {
-        let key = authorization_key(route, &self.credential_digest(credential));
+    /// The route, the credential's digest and, with `authorize_by: resource`, the path and
+    /// normalised query.
+    fn authorization_key(&self, route: &LookupRoute, parts: &Parts, credential: &[u8]) -> String {
+        let digest = blake3::Hash::from_bytes(self.credential_digest(credential)).to_hex();
+        match route.authorize_by {
+            AuthorizeBy::Route => format!("{}\0{digest}", route.name),
+            AuthorizeBy::Resource => format!(
+                "{}\0{digest}\0{}?{}",
+                route.name,
+                parts.uri.path(),
+                rules::normalise_query(parts.uri.query())
+            ),
+        }
+    }
+
+    fn revoke_authorized(&self, route: &LookupRoute, parts: &Parts, credential: &[u8]) {
+        let key = self.authorization_key(route, parts, credential);
         self.authorized.remove(&key);
     }
 
@@ -515,14 +558,6 @@ fn vary_key(base: &CacheKey, names: &[HeaderName], headers: &HeaderMap) -> Cache
     }
     let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     CacheKey::build(&slices)
-}
-
-fn authorization_key(route: &LookupRoute, digest: &[u8; 32]) -> String {
-    format!(
-        "{}\0{}",
-        route.name,
-        blake3::Hash::from_bytes(*digest).to_hex()
-    )
 }
 
 fn hex(key: &CacheKey) -> String {

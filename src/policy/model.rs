@@ -49,6 +49,17 @@ pub enum CacheScope {
     Shared,
 }
 
+/// What an upstream 2xx for a credential authorises it to read from shared entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizeBy {
+    /// Every resource of the route: for APIs whose access is granted per API, as API
+    /// managers usually do (the default).
+    Route,
+    /// Only the resource (path and query) that was read: for sources that decide access
+    /// per record. Each credential then costs one upstream read per resource.
+    Resource,
+}
+
 /// One entry of `lookups`: consumers' reads of the source API through ekko.
 #[derive(Debug, Clone)]
 pub struct LookupRoute {
@@ -72,6 +83,9 @@ pub struct LookupRoute {
     /// In shared scope, how long an upstream 2xx for a credential authorises it to be
     /// served from the shared entry (default 60 s).
     pub authorize_ttl: Duration,
+    /// In shared scope, what one upstream 2xx authorises a credential for: the whole route
+    /// (default) or only the resource it read.
+    pub authorize_by: AuthorizeBy,
     /// Header that carries the consumer's credential besides `Authorization`, such as
     /// an API key header (default none).
     pub credential_header: Option<HeaderName>,

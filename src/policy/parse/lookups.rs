@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::HeaderName;
 use percent_encoding::percent_decode_str;
 
-use super::super::model::{CacheConfig, CacheScope, LookupRoute};
+use super::super::model::{AuthorizeBy, CacheConfig, CacheScope, LookupRoute};
 use super::{
     closest, describe, join_key, template_message, Checker, Field, Fields, Node, PathPattern,
     Scalar, Template, Value, EVENT_FIELDS, MANAGED_HEADERS,
@@ -21,6 +21,7 @@ const LOOKUP_ROUTE_KEYS: &[&str] = &[
     "stale_if_error",
     "scope",
     "authorize_ttl",
+    "authorize_by",
     "credential_header",
     "max_body",
     "waiter_timeout",
@@ -43,6 +44,7 @@ struct CacheSettings {
     stale_if_error: Duration,
     scope: CacheScope,
     authorize_ttl: Duration,
+    authorize_by: AuthorizeBy,
     credential_header: Option<HeaderName>,
     max_body: usize,
     waiter_timeout: Duration,
@@ -163,6 +165,7 @@ impl Checker {
             stale_if_error: settings.stale_if_error,
             scope: settings.scope,
             authorize_ttl: settings.authorize_ttl,
+            authorize_by: settings.authorize_by,
             credential_header: settings.credential_header,
             max_body: settings.max_body,
             waiter_timeout: settings.waiter_timeout,
@@ -224,6 +227,14 @@ impl Checker {
             "60s",
             DEFAULT_AUTHORIZE_TTL,
         );
+        let authorize_by = self.optional_choice(
+            fields.get("authorize_by"),
+            &[
+                ("route", AuthorizeBy::Route),
+                ("resource", AuthorizeBy::Resource),
+            ],
+            AuthorizeBy::Route,
+        );
         let credential_header = match fields.get("credential_header").filter(|f| !f.is_null()) {
             None => Some(None),
             Some(field) => self.credential_header(&field).map(Some),
@@ -246,6 +257,7 @@ impl Checker {
             stale_if_error: stale_if_error?,
             scope: scope?,
             authorize_ttl: authorize_ttl?,
+            authorize_by: authorize_by?,
             credential_header: credential_header?,
             max_body: max_body?,
             waiter_timeout: waiter_timeout?,
