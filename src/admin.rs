@@ -139,7 +139,7 @@ impl Admin {
             ReleaseOutcome::Retry | ReleaseOutcome::Busy => StatusCode::ACCEPTED,
             _ => StatusCode::OK,
         };
-        tracing::info!(entity = %key, outcome = outcome.as_str(), "release requested on the admin API");
+        tracing::info!(entity = ?key, outcome = outcome.as_str(), "release requested on the admin API");
         json_response(
             status,
             &json!({ "entity": key, "outcome": outcome.as_str() }),
@@ -198,11 +198,12 @@ impl Admin {
             _ => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
-                    &json!({ "error": "bad_request", "message": "name what to purge: ?entity=<entity key> or ?path=</path prefix>, percent-encoded" }),
+                    &json!({ "error": "bad_request", "message": "name one thing to purge: ?entity=<entity key> or ?path=</path>, percent-encoded" }),
                 )
             }
         };
-        tracing::info!(target = %target, removed, "cache purge requested on the admin API");
+        // Debug formatting escapes control characters, so a crafted key cannot forge log lines.
+        tracing::info!(target = ?target, removed, "cache purge requested on the admin API");
         json_response(
             StatusCode::OK,
             &json!({ "purged": target, "removed": removed }),

@@ -1386,3 +1386,107 @@ async fn head_miss_stores_entry_for_get() {
     assert_eq!(name_in(&full).as_deref(), Some("Ola"));
     assert_eq!(source.server.count(), 1);
 }
+
+#[tokio::test]
+async fn cookie_setting_answer_is_not_shared() {
+    let cookie = vec![("set-cookie", "session=secret")];
+    let (shared_fetches, _) = reads_with_response_headers(SHARED, cookie.clone(), 3).await;
+    let (private_fetches, _) = reads_with_response_headers(PRIVATE, cookie, 3).await;
+
+    // Shared: an authorising read, then two reads that may not use a cookie-bearing entry.
+    assert_eq!(shared_fetches, 3);
+    assert_eq!(private_fetches, 1);
+}
+
+#[tokio::test]
+async fn rejected_write_keeps_cached_copy() {
+    let source = EchoSource::start("Ola").await;
+    let (_queue, ekko) = start(PRIVATE, &source.server).await;
+    let client = HttpClient::default();
+    get(&client, &ekko.url("/persons/7"), "c").await;
+    source
+        .server
+        .set_handler(|_| Reply::Respond(501, "{}".into()));
+
+    let write = send(
+        &client,
+        Method::DELETE,
+        &ekko.url("/persons/7"),
+        Some("c"),
+        &[],
+        "",
+    )
+    .await;
+    source.echo();
+    let read = get(&client, &ekko.url("/persons/7"), "c").await;
+
+    assert_eq!(write.status, 501);
+    assert!(is_hit(&read), "{}", cache_status(&read));
+}
+
+#[tokio::test]
+async fn one_refused_request_keeps_cache_on() {
+    let source = EchoSource::start("Ola").await;
+    let (_queue, ekko) = start(SHARED, &source.server).await;
+    let client = HttpClient::default();
+    get(&client, &ekko.url("/persons/7"), "c").await;
+    source
+        .server
+        .set_handler(|_| Reply::Respond(429, "{}".into()));
+
+    let refreshing = get_with(
+        &client,
+        &ekko.url("/persons/7"),
+        "c",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    source.echo();
+    let read = get(&client, &ekko.url("/persons/7"), "c").await;
+
+    assert_eq!(refreshing.status, 429);
+    assert!(is_hit(&read), "{}", cache_status(&read));
+}
+
+#[tokio::test]
+async fn not_found_entry_ignores_if_none_match() {
+    let source = MockServer::start(|_| Reply::Respond(404, "{}".into())).await;
+    let (_queue, ekko) = start(PRIVATE, &source).await;
+    let client = HttpClient::default();
+    get(&client, &ekko.url("/persons/9"), "c").await;
+
+    let conditional = get_with(
+        &client,
+        &ekko.url("/persons/9"),
+        "c",
+        &[("if-none-match", "*")],
+    )
+    .await;
+
+    assert_eq!(conditional.status, 404);
+}
+
+#[tokio::test]
+async fn repeated_query_names_keep_their_order() {
+    let source = MockServer::start(|request| {
+        let first = request
+            .path_and_query
+            .split("id=")
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        Reply::Respond(
+            200,
+            json!({ "first": first.trim_end_matches('&') }).to_string(),
+        )
+    })
+    .await;
+    let (_queue, ekko) = start(PRIVATE, &source).await;
+    let client = HttpClient::default();
+
+    let one = get(&client, &ekko.url("/persons/7?id=a&id=b"), "c").await;
+    let other = get(&client, &ekko.url("/persons/7?id=b&id=a"), "c").await;
+
+    assert_eq!(one.json()["first"], "a");
+    assert_eq!(other.json()["first"], "b");
+}

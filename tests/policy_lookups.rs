@@ -420,7 +420,7 @@ fn lookup_defaults_are_filled_in() {
     assert_eq!(lookup.authorize_ttl, Duration::from_secs(60));
     assert_eq!(lookup.credential_header, None);
     assert_eq!(lookup.max_body, 8 * 1024 * 1024);
-    assert_eq!(lookup.waiter_timeout, Duration::from_secs(5));
+    assert_eq!(lookup.waiter_timeout, Duration::from_secs(10));
     assert_eq!(lookup.uncacheable_ttl, Duration::from_secs(10));
     assert_eq!(policy.cache.max_bytes, 256 * 1024 * 1024);
 }

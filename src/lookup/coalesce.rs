@@ -21,6 +21,7 @@ pub enum FlightResult {
 
 struct Flight {
     started: Instant,
+    epoch: u64,
     result: watch::Sender<Option<FlightResult>>,
 }
 
@@ -47,18 +48,20 @@ pub struct WriterGuard<'a> {
 }
 
 impl Inflight {
-    /// Joins the fetch for `key` as a waiter, or becomes its writer when there is none or
-    /// the current writer has been at it longer than `writer_age`.
-    pub fn join(&self, key: CacheKey, writer_age: Duration) -> Role<'_> {
+    /// Joins the fetch for `key` as a waiter, or becomes its writer when there is none, the
+    /// current writer has been at it longer than `writer_age`, or it started before the
+    /// entity's latest change (`epoch`), so that its result could not be used.
+    pub fn join(&self, key: CacheKey, writer_age: Duration, epoch: u64) -> Role<'_> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&key) {
-            if flight.started.elapsed() < writer_age {
+            if flight.started.elapsed() < writer_age && flight.epoch >= epoch {
                 return Role::Waiter(flight.result.subscribe());
             }
         }
         let (result, _) = watch::channel(None);
         let flight = Arc::new(Flight {
             started: Instant::now(),
+            epoch,
             result,
         });
         flights.insert(key, flight.clone());

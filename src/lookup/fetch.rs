@@ -125,9 +125,12 @@ impl LookupCache {
         // entry is keyed by the credential, and a shared route serves an entry only to
         // credentials the upstream accepted on that route within `authorize_ttl`. So the
         // rule is applied as if the request carried none; `private` and `no-store` still hold.
+        // A cookie is set for one client; a shared entry would hand it to every consumer.
+        let sets_cookie = !private_scope && response.headers().contains_key(header::SET_COOKIE);
         let refused =
             rules::not_storable(response.status(), false, private_scope, &directives, &vary)
-                .or_else(|| (response.body().len() > route.max_body).then_some("size"));
+                .or_else(|| (response.body().len() > route.max_body).then_some("size"))
+                .or_else(|| sets_cookie.then_some("set-cookie"));
         if matches!(response.status().as_u16(), 401 | 403) {
             // A refusal belongs to one credential: never stored, and it must not make
             // other consumers bypass the cache either.
@@ -135,8 +138,10 @@ impl LookupCache {
         }
         if let Some(reason) = refused {
             tracing::debug!(route = %route.name, reason, "lookup response not stored");
-            let until = self.clock.now_ms() + route.uncacheable_ttl.as_millis() as u64;
-            if route.uncacheable_ttl.as_millis() > 0 {
+            // Only the resource's own verdict marks it uncacheable. A status such as 429 or
+            // 400 belongs to one request and must not turn the cache off for everyone.
+            if reason != "status" && route.uncacheable_ttl.as_millis() > 0 {
+                let until = self.clock.now_ms() + route.uncacheable_ttl.as_millis() as u64;
                 self.uncacheable.insert(&super::hex(base), until);
             }
             return None;
@@ -272,7 +277,6 @@ impl LookupCache {
     {
         let route = matched.route;
         let upstream = &self.upstreams[&route.upstream];
-        self.invalidate(&matched.entity, &route.name);
         let body = match Limited::new(body, route.max_body).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return respond::body_too_large(route.max_body),
@@ -289,8 +293,11 @@ impl LookupCache {
             .client
             .send_as_is(upstream, request, route.max_body.max(1 << 20))
             .await;
-        // Invalidate again: a read that started during the write must not store.
-        self.epochs.bump(&matched.entity);
+        // Only a write the upstream accepted can have changed the entity. The bump also
+        // keeps reads that started during the write from storing what they fetched.
+        if result.as_ref().is_ok_and(|r| r.status().is_success()) {
+            self.invalidate(&matched.entity, &route.name);
+        }
         self.count(matched, "bypass");
         match result {
             Ok(response) => {

@@ -233,7 +233,10 @@ impl LookupCache {
         let Some(upstream) = self.upstreams.get(&route.upstream) else {
             return respond::misconfigured(&route.name);
         };
-        match self.inflight.join(key, upstream.timeout) {
+        match self
+            .inflight
+            .join(key, upstream.timeout, self.epochs.current(&matched.entity))
+        {
             Role::Waiter(receiver) => match coalesce::wait(receiver, route.waiter_timeout).await {
                 Some(entry) if self.epochs.is_valid(&matched.entity, entry.epoch) => self.serve(
                     matched,
@@ -369,7 +372,12 @@ impl LookupCache {
                 .fetch_add(1, Ordering::Relaxed);
         }
         let age = self.age_seconds(entry);
-        let etag = entry.headers.get(header::ETAG).cloned();
+        // Preconditions apply only to 2xx representations (RFC 9110 §13.2.1).
+        let etag = entry
+            .headers
+            .get(header::ETAG)
+            .filter(|_| entry.status.is_success())
+            .cloned();
         if let Some(etag) = etag.filter(|etag| rules::if_none_match(&parts.headers, etag)) {
             self.count(matched, "not_modified");
             return respond::not_modified(entry, &etag, age, &outcome);
@@ -499,9 +507,32 @@ impl LookupCache {
         removed
     }
 
-    /// Admin: removes the entries whose path (with normalised query) starts with `path`.
+    /// Admin: removes the entries of `path` and of paths below it, segment by segment
+    /// (`/persons/7` covers `/persons/7?x=1` and `/persons/7/roles`, not `/persons/70`), and
+    /// invalidates their entities so that fetches in flight cannot store. Paths are compared
+    /// as sent, without percent-decoding.
     pub fn purge_path(&self, path: &str) -> usize {
-        let removed = self.store.purge(|entry| entry.path.starts_with(path));
+        let prefix = path.trim_end_matches('/');
+        let covers = |candidate: &str| {
+            candidate == prefix
+                || candidate
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/') || rest.starts_with('?'))
+        };
+        let entities = std::sync::Mutex::new(std::collections::HashSet::new());
+        let removed = self.store.purge(|entry| {
+            let hit = covers(&entry.path);
+            if hit {
+                entities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(entry.entity.clone());
+            }
+            hit
+        });
+        for entity in entities.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            self.epochs.bump(&entity);
+        }
         self.update_gauges();
         removed
     }

@@ -105,18 +105,34 @@ pub fn upstream_failure(error: &UpstreamError) -> Response<Full<Bytes>> {
         StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
         _ => "upstream_unavailable",
     };
-    json_response(
+    let mut response = json_response(
         failure_status(error),
         &serde_json::json!({ "error": code, "message": error.to_string() }),
-    )
+    );
+    annotate(
+        &mut response,
+        None,
+        &CacheOutcome::Bypass {
+            detail: "upstream-error",
+        },
+    );
+    response
 }
 
 /// 504 for `only-if-cached` without a usable entry (RFC 9111 §5.2.1.7).
 pub fn gateway_timeout_only_if_cached() -> Response<Full<Bytes>> {
-    json_response(
+    let mut response = json_response(
         StatusCode::GATEWAY_TIMEOUT,
         &serde_json::json!({ "error": "not_cached", "message": "only-if-cached was requested and no fresh entry is stored" }),
-    )
+    );
+    annotate(
+        &mut response,
+        None,
+        &CacheOutcome::Bypass {
+            detail: "only-if-cached",
+        },
+    );
+    response
 }
 
 /// 413 for a consumer write over the route's `max_body`.

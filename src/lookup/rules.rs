@@ -251,12 +251,13 @@ pub fn if_none_match(request: &HeaderMap, etag: &HeaderValue) -> bool {
     matched
 }
 
-/// Sorts query parameters by name then value, keeping their encoding, so
-/// `b=2&a=1` and `a=1&b=2` share an entry.
+/// Sorts query parameters by name, keeping their encoding, so `b=2&a=1` and `a=1&b=2`
+/// share an entry.
 ///
-/// Parameters are split on `&`, empty ones are dropped, and names and values are
-/// compared as raw bytes without percent-decoding. A parameter without `=` sorts before
-/// the same name with an empty value. `None` or an empty query gives "".
+/// Parameters are split on `&`, empty ones are dropped, and names are compared as raw
+/// bytes without percent-decoding. The sort is stable: parameters that repeat a name keep
+/// their order, because many servers read only the first of them, so `id=1&id=2` and
+/// `id=2&id=1` are different requests. `None` or an empty query gives "".
 pub fn normalise_query(query: Option<&str>) -> String {
     let mut parameters: Vec<(&str, Option<&str>)> = query
         .unwrap_or("")
@@ -267,7 +268,7 @@ pub fn normalise_query(query: Option<&str>) -> String {
             None => (parameter, None),
         })
         .collect();
-    parameters.sort_unstable();
+    parameters.sort_by(|a, b| a.0.cmp(b.0));
 
     let joined: Vec<String> = parameters
         .into_iter()

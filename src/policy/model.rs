@@ -92,7 +92,8 @@ pub struct LookupRoute {
     /// Largest response body that is cached (default 8 MiB); larger ones are relayed.
     pub max_body: usize,
     /// Longest time a request waits for another request's fetch of the same entry
-    /// before it fetches on its own (default 5 s).
+    /// before it fetches on its own (default 10 s, longer than the default upstream
+    /// `timeout`, so a waiter normally outlasts a slow writer).
     pub waiter_timeout: Duration,
     /// Time for which an uncacheable answer sends later requests straight upstream
     /// instead of queueing behind one another (default 10 s).

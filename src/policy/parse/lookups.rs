@@ -35,7 +35,7 @@ const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_STALE_IF_ERROR: Duration = Duration::ZERO;
 const DEFAULT_AUTHORIZE_TTL: Duration = Duration::from_secs(60);
 const DEFAULT_LOOKUP_MAX_BODY: usize = 8 << 20;
-const DEFAULT_WAITER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_WAITER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_UNCACHEABLE_TTL: Duration = Duration::from_secs(10);
 
 /// The cache settings of one lookup route, each with its default filled in.
