@@ -3,6 +3,7 @@
 // Each test binary compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod prometheus;
 pub mod rabbitmq;
 
 use std::os::unix::fs::PermissionsExt;
