@@ -780,10 +780,9 @@ fn promtool_parses_dashboard_queries() {
 }
 
 #[test]
-#[ignore = "optional: runs when systemd-analyze is installed"]
+#[ignore = "needs systemd-analyze; run by .ci/run"]
 fn systemd_analyze_verifies_unit() {
-    if !Path::new(SYSTEMD_ANALYZE).exists() {
-        eprintln!("skipping: {SYSTEMD_ANALYZE} is not installed");
+    if !support::require_server(SYSTEMD_ANALYZE, "systemd-analyze") {
         return;
     }
     // `verify` requires ExecStart's program to exist, so the copy points at the test build
