@@ -1,5 +1,5 @@
-//! Admin listener: metrics, health, and the loop guard's quarantine and entity views.
-//! Never served on the public listener.
+//! Admin listener: metrics, health, policy reload, and the loop guard's quarantine and
+//! entity views, behind the policy's bearer token. Never served on the public listener.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use serde_json::json;
 use crate::guard::{AuditEntry, Quarantine};
 use crate::metrics::Metrics;
 use crate::notify::{json_response, Gateway, ReleaseOutcome};
-use crate::policy::LoopGuardConfig;
+use crate::policy::{AdminConfig, LoopGuardConfig};
+use crate::server::Live;
 
 /// Shared state that the admin endpoints read.
 pub struct Admin {
@@ -21,15 +22,27 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// False until the listeners are up and while ekko drains for shutdown.
     pub ready: Arc<AtomicBool>,
-    /// The notification handler, for the loop guard's state.
-    pub gateway: Arc<Gateway>,
+    /// The gateway and admin settings in force, and the policy reload.
+    pub live: Arc<Live>,
 }
 
 impl Admin {
-    /// Handles one admin request.
+    /// Handles one admin request. With `admin.token` set, every path except `/healthz`,
+    /// `/readyz` and, with `metrics_open`, `/metrics` first needs the bearer token.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
+        if let Some(rejection) = reject_unauthorized(&self.live.admin(), &path, request.headers()) {
+            return rejection;
+        }
+        if path == "/admin/reload" {
+            if method != Method::POST {
+                return not_allowed("POST");
+            }
+            tracing::info!("policy reload requested on the admin API");
+            let outcome = self.live.reload().await;
+            return json_response(outcome.status(), &outcome.to_json());
+        }
         if let Some(rest) = path.strip_prefix("/admin/quarantine/") {
             if let Some(entity) = rest.strip_suffix("/release") {
                 if method != Method::POST {
@@ -53,14 +66,14 @@ impl Admin {
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/admin/quarantine" => self.quarantine_list(),
-            "/admin/cache" => json_response(StatusCode::OK, &self.gateway.lookups().summary()),
+            "/admin/cache" => json_response(StatusCode::OK, &self.gateway().lookups().summary()),
             other => match other.strip_prefix("/admin/entities/") {
                 Some(entity) if !entity.is_empty() => self.entity(&decode_entity(entity)),
                 _ => json_response(
                     StatusCode::NOT_FOUND,
                     &json!({
                         "error": "not_found",
-                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine, /admin/entities/{{entity}}, /admin/cache, POST /admin/cache/purge or POST /admin/quarantine/{{entity}}/release"),
+                        "message": format!("no admin endpoint {other}; try /metrics, /healthz, /readyz, /admin/quarantine, /admin/entities/{{entity}}, /admin/cache, POST /admin/cache/purge, POST /admin/quarantine/{{entity}}/release or POST /admin/reload"),
                     }),
                 ),
             },
@@ -95,9 +108,9 @@ impl Admin {
 
     /// `GET /admin/quarantine`: every quarantined entity.
     fn quarantine_list(&self) -> Response<Full<Bytes>> {
-        let now = self.gateway.now_ms();
+        let now = self.gateway().now_ms();
         let entries: Vec<_> = self
-            .gateway
+            .gateway()
             .guard()
             .quarantines()
             .into_iter()
@@ -114,7 +127,7 @@ impl Admin {
     ) -> serde_json::Value {
         let config = self.config(&quarantine.route);
         let penalty = self
-            .gateway
+            .gateway()
             .guard()
             .record(key)
             .map_or(0.0, |r| r.penalty_at(now_ms, &config));
@@ -133,7 +146,7 @@ impl Admin {
 
     /// `POST /admin/quarantine/{entity}/release`: releases now, whatever the penalty.
     async fn release(&self, key: &str) -> Response<Full<Bytes>> {
-        let outcome = self.gateway.release_now(key).await;
+        let outcome = self.gateway().release_now(key).await;
         let status = match outcome {
             ReleaseOutcome::NotQuarantined => StatusCode::NOT_FOUND,
             ReleaseOutcome::Retry | ReleaseOutcome::Busy => StatusCode::ACCEPTED,
@@ -148,8 +161,9 @@ impl Admin {
 
     /// `GET /admin/entities/{entity}`: last forwarded state, recent transitions and decisions.
     fn entity(&self, key: &str) -> Response<Full<Bytes>> {
-        let guard = self.gateway.guard();
-        let record = self.gateway.entity_record(key);
+        let gateway = self.gateway();
+        let guard = gateway.guard();
+        let record = gateway.entity_record(key);
         let damping = guard.record(key);
         let audit = guard.audit_entries(key);
         if record.is_none() && damping.is_none() && audit.is_empty() {
@@ -158,7 +172,7 @@ impl Admin {
                 &json!({ "error": "not_found", "message": format!("ekko has no state for entity `{key}`; write the key as one URL path segment, with `/` as %2F and `%` as %25") }),
             );
         }
-        let now = self.gateway.now_ms();
+        let now = gateway.now_ms();
         let quarantine = guard.quarantine(key);
         let route = quarantine
             .as_ref()
@@ -189,7 +203,8 @@ impl Admin {
             .filter_map(|pair| pair.split_once('='))
             .map(|(name, value)| (name.to_owned(), decode_entity(&value.replace('+', " "))))
             .collect();
-        let lookups = self.gateway.lookups();
+        let gateway = self.gateway();
+        let lookups = gateway.lookups();
         let (target, removed) = match params.first().map(|(n, v)| (n.as_str(), v.as_str())) {
             Some(("entity", entity)) => (entity.to_owned(), lookups.purge_entity(entity)),
             Some(("path", path)) if path.starts_with('/') => {
@@ -211,8 +226,74 @@ impl Admin {
     }
 
     fn config(&self, route: &str) -> LoopGuardConfig {
-        self.gateway.loop_guard_config(route).unwrap_or_default()
+        self.gateway().loop_guard_config(route).unwrap_or_default()
     }
+
+    fn gateway(&self) -> Arc<Gateway> {
+        self.live.gateway()
+    }
+}
+
+/// Paths that need no token: probes must work without a credential.
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+
+/// Checks `Authorization: Bearer <token>` (RFC 6750 §2.1) when the policy sets a token,
+/// and returns the 401 response when the request may not proceed. Neither the token nor
+/// the presented value is logged.
+fn reject_unauthorized(
+    config: &AdminConfig,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Option<Response<Full<Bytes>>> {
+    let token = config.token.as_ref()?;
+    if OPEN_PATHS.contains(&path) || (path == "/metrics" && config.metrics_open) {
+        return None;
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => bearer_credential(value.as_bytes()),
+        _ => None,
+    };
+    match presented {
+        Some(credential) if token.verify(credential) => None,
+        Some(_) => {
+            tracing::debug!(path, "admin request rejected: wrong bearer token");
+            Some(unauthorized(
+                "Bearer realm=\"ekko admin\", error=\"invalid_token\"",
+                "the bearer token is wrong; send the token set in the policy's `admin.token`",
+            ))
+        }
+        None => {
+            tracing::debug!(path, "admin request rejected: no bearer token");
+            Some(unauthorized(
+                "Bearer realm=\"ekko admin\"",
+                "this admin endpoint needs `Authorization: Bearer <token>` with the token set in the policy's `admin.token`",
+            ))
+        }
+    }
+}
+
+/// Returns the credential of a `Bearer` authorization value; the scheme name is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_credential(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let credential = value[7..].trim_ascii();
+    (!credential.is_empty()).then_some(credential)
+}
+
+fn unauthorized(challenge: &'static str, message: &str) -> Response<Full<Bytes>> {
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "error": "unauthorized", "message": message }),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
 }
 
 /// Entity keys are taken from the path with one round of percent-decoding.

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::notify::envelope::{self, Decoded};
 use crate::notify::fingerprint::compute;
 use crate::notify::mask::Mask;
 use crate::policy::{self, FingerprintSource};
+use crate::server::{Running, ServeError};
 
 /// ekko: forwards a notification only when the entity's state really changed.
 #[derive(Debug, Parser)]
@@ -35,7 +37,7 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway until SIGTERM or SIGINT.
+    /// Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the policy file.
     Serve {
         /// Policy file (YAML).
         #[arg(long, env = "EKKO_POLICY")]
@@ -124,7 +126,7 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::server::serve(policy, shutdown_signal())) {
+    match runtime.block_on(serve_until_stopped(policy, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "ekko stopped with an error");
@@ -133,26 +135,52 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-/// Completes on the first SIGTERM or SIGINT. SIGHUP is caught and logged, because its
-/// default action would kill ekko without draining or writing the snapshot.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop ekko with SIGKILL");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                // NOTE: policy reload is not built yet, so a changed policy needs a restart.
-                tracing::warn!("SIGHUP received: this ekko cannot reload its policy; restart it (SIGTERM, then start) to apply a changed policy");
+/// Serves until SIGTERM or SIGINT, reloading the policy file on each SIGHUP.
+async fn serve_until_stopped(policy: policy::Policy, path: &Path) -> Result<(), ServeError> {
+    // Handlers go in before the listeners open, so an early SIGHUP cannot kill ekko
+    // through its default action.
+    let signals = Signals::install();
+    let running = crate::server::start_with_policy_file(policy, path.to_owned()).await?;
+    match signals {
+        Some(mut signals) => signals.serve(&running).await,
+        None => {
+            tracing::error!("cannot install signal handlers; stop ekko with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+    let result = running.shutdown().await;
+    tracing::info!("ekko stopped");
+    result
+}
+
+/// The Unix signals that `serve` handles.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        Some(Self {
+            terminate: signal(SignalKind::terminate()).ok()?,
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+            hangup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+
+    /// Reloads the policy on each SIGHUP and returns on the first SIGTERM or SIGINT.
+    async fn serve(&mut self, running: &Running) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP received; reloading the policy file");
+                    // The reload logs and counts its own outcome.
+                    let _ = running.reload().await;
+                }
             }
         }
     }

@@ -91,7 +91,7 @@ pub struct UpstreamLabels {
 /// `result` label alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `ok` or `error`.
+    /// `ok` or `error`; `ok` or `rejected` for policy reloads.
     pub result: &'static str,
 }
 
@@ -147,6 +147,8 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     /// `ekko_cache_invalidations_total{route}`: entities invalidated by a change.
     pub cache_invalidations: Family<RouteLabels, Counter>,
+    /// `ekko_policy_reloads_total{result}`: policy reloads applied (`ok`) or rejected.
+    pub policy_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -172,6 +174,7 @@ impl Metrics {
             cache_entries: Gauge::default(),
             cache_evictions: Counter::default(),
             cache_invalidations: Family::default(),
+            policy_reloads: Family::default(),
             registry: Registry::default(),
         };
         metrics.register(&mut registry);
@@ -282,6 +285,11 @@ impl Metrics {
             "cache_invalidations",
             "Entities whose cache entries a change invalidated",
             self.cache_invalidations.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result: ok, or rejected with the old policy kept",
+            self.policy_reloads.clone(),
         );
     }
 

@@ -1,4 +1,4 @@
-//! Listeners, the snapshot task and graceful shutdown.
+//! Listeners, policy reload, the snapshot task and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +26,10 @@ use crate::metrics::{Metrics, OutcomeLabels};
 use crate::notify::Gateway;
 use crate::policy::Policy;
 use crate::state::{SnapshotError, StateStore};
+
+mod reload;
+
+pub use reload::{Applied, Live, ReloadOutcome};
 
 /// Time a client gets to send the request head (30 s), against slow-header attacks.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,12 +69,19 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
+    live: Arc<Live>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
 }
 
 impl Running {
+    /// Re-reads the policy file, as SIGHUP and `POST /admin/reload` do, and applies it
+    /// unless it is invalid. The outcome is logged and counted before it is returned.
+    pub async fn reload(&self) -> ReloadOutcome {
+        self.live.reload().await
+    }
+
     /// Stops accepting, drains in-flight requests within `shutdown_grace`, writes the
     /// final snapshot and returns its outcome.
     pub async fn shutdown(self) -> Result<(), ServeError> {
@@ -82,8 +93,19 @@ impl Running {
     }
 }
 
-/// Loads the snapshots, binds both listeners and starts serving.
+/// Loads the snapshots, binds both listeners and starts serving. A reload answers that
+/// there is no policy file; use [`start_with_policy_file`] to allow reloads.
 pub async fn start(policy: Policy) -> Result<Running, ServeError> {
+    launch(policy, None).await
+}
+
+/// Starts like [`start`]; SIGHUP handling and `POST /admin/reload` re-read `path`, the
+/// file that `policy` was loaded from.
+pub async fn start_with_policy_file(policy: Policy, path: PathBuf) -> Result<Running, ServeError> {
+    launch(policy, Some(path)).await
+}
+
+async fn launch(policy: Policy, source: Option<PathBuf>) -> Result<Running, ServeError> {
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(load_state(&policy)?);
     metrics.state_entities.set(state.entities.len() as i64);
@@ -92,63 +114,44 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
         .map_err(|e| ServeError::Compile(e.to_string()))?;
     // Quarantines loaded from the guard snapshot show in the gauge from the start.
     gateway.update_quarantine_gauge();
-    let gateway = Arc::new(gateway);
-    let ready = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(Admin {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        gateway: gateway.clone(),
-    });
-
-    let public = bind(policy.listen).await?;
-    let admin_listener = bind(policy.admin_listen).await?;
-    let public_addr = public.local_addr().map_err(|source| ServeError::Bind {
-        addr: policy.listen,
+    let (listen, admin_listen) = (policy.listen, policy.admin_listen);
+    let (grace, routes) = (policy.shutdown_grace, policy.notifications.len());
+    let (snapshot_path, snapshot_interval) = (
+        policy.state.snapshot.clone(),
+        policy.state.snapshot_interval,
+    );
+    let live = Arc::new(Live::new(
+        Arc::new(gateway),
+        policy,
         source,
-    })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            addr: policy.admin_listen,
-            source,
-        })?;
-    tracing::info!(%public_addr, %admin_addr, routes = policy.notifications.len(), "ekko listening");
+        metrics.clone(),
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let public = bind(listen).await?;
+    let admin_listener = bind(admin_listen).await?;
+    let public_addr = local_addr(&public, listen)?;
+    let admin_addr = local_addr(&admin_listener, admin_listen)?;
+    tracing::info!(%public_addr, %admin_addr, routes, "ekko listening");
 
     let (stop, stopped) = watch::channel(false);
-    let public_gateway = gateway.clone();
-    let public_task = tokio::spawn(accept_loop(
-        public,
-        stopped.clone(),
-        policy.shutdown_grace,
-        move |req, peer| {
-            let gateway = public_gateway.clone();
-            async move { gateway.handle(req, peer).await }
-        },
-    ));
+    let public_task = tokio::spawn(serve_public(public, live.clone(), stopped.clone(), grace));
     // The admin listener outlives the public one, so /readyz answers 503 during the drain.
     let (admin_stop, admin_stopped) = watch::channel(false);
-    let admin_task = tokio::spawn(accept_loop(
-        admin_listener,
-        admin_stopped,
-        policy.shutdown_grace,
-        move |req, _| {
-            let admin = admin.clone();
-            async move { admin.handle(req).await }
-        },
-    ));
-    let release_task = tokio::spawn(release_loop(gateway.clone(), stopped.clone()));
-    let snapshots = Snapshots {
+    let admin = Admin {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        live: live.clone(),
+    };
+    let admin_task = tokio::spawn(serve_admin(admin_listener, admin, admin_stopped, grace));
+    let release_task = tokio::spawn(release_loop(live.clone(), stopped.clone()));
+    let snapshots = Arc::new(Snapshots {
         state,
         guard,
-        path: policy.state.snapshot.clone(),
+        path: snapshot_path,
         metrics: metrics.clone(),
-    };
-    let snapshots = Arc::new(snapshots);
-    let snapshot_task = tokio::spawn(snapshot_loop(
-        snapshots.clone(),
-        policy.state.snapshot_interval,
-        stopped,
-    ));
+    });
+    let snapshot_task = tokio::spawn(snapshot_loop(snapshots.clone(), snapshot_interval, stopped));
     ready.store(true, Ordering::Release);
 
     let task = tokio::spawn(async move {
@@ -163,30 +166,67 @@ pub async fn start(policy: Policy) -> Result<Running, ServeError> {
         public_addr,
         admin_addr,
         metrics,
+        live,
         ready,
         stop,
         task,
     })
 }
 
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves producers and consumers; each request runs on the gateway current at its start.
+async fn serve_public(
+    listener: TcpListener,
+    live: Arc<Live>,
+    stopped: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    accept_loop(listener, stopped, grace, move |req, peer| {
+        let gateway = live.gateway();
+        async move { gateway.handle(req, peer).await }
+    })
+    .await
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    admin: Admin,
+    stopped: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let admin = Arc::new(admin);
+    accept_loop(listener, stopped, grace, move |req, _| {
+        let admin = admin.clone();
+        async move { admin.handle(req).await }
+    })
+    .await
+}
+
 /// How often quarantines are checked for release (1 s).
 const RELEASE_TICK: Duration = Duration::from_secs(1);
 
-/// Releases quarantined entities whose time has come, once per tick, until shutdown.
-async fn release_loop(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+/// Releases quarantined entities whose time has come, once per tick, until shutdown, with
+/// the routes of the gateway current at each tick.
+async fn release_loop(live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(RELEASE_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                gateway.release_due().await;
+                live.gateway().release_due().await;
             }
             _ = stopped.changed() => return,
         }
     }
 }
 
-/// Runs until `signal` completes, then shuts down gracefully.
+/// Runs until `signal` completes, then shuts down gracefully. Reloads answer that there is
+/// no policy file; the binary serves through [`start_with_policy_file`] instead.
 pub async fn serve(policy: Policy, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
     let running = start(policy).await?;
     signal.await;

@@ -43,19 +43,23 @@ pub struct RouteStats {
 }
 
 /// The lookup cache and its routes.
+///
+/// The entries, the invalidation epochs, the fetches in flight, the side tables, the
+/// credential key, the clock and each route's statistics sit behind `Arc`s, so a cache
+/// built by [`LookupCache::with_policy`] after a policy reload shares them with this one.
 pub struct LookupCache {
     routes: Vec<LookupRoute>,
     upstreams: BTreeMap<String, UpstreamConfig>,
     client: UpstreamClient,
-    store: CacheStore,
-    epochs: Epochs,
-    inflight: Inflight,
-    vary_index: BoundedTable<Vec<HeaderName>>,
-    uncacheable: BoundedTable<u64>,
-    authorized: BoundedTable<u64>,
+    store: Arc<CacheStore>,
+    epochs: Arc<Epochs>,
+    inflight: Arc<Inflight>,
+    vary_index: Arc<BoundedTable<Vec<HeaderName>>>,
+    uncacheable: Arc<BoundedTable<u64>>,
+    authorized: Arc<BoundedTable<u64>>,
     secret: [u8; 32],
     metrics: Arc<Metrics>,
-    stats: Vec<RouteStats>,
+    stats: Vec<Arc<RouteStats>>,
     clock: Clock,
 }
 
@@ -78,20 +82,50 @@ impl LookupCache {
             routes: policy.lookups.clone(),
             upstreams: policy.upstreams.clone(),
             client,
-            store: CacheStore::new(policy.cache.max_bytes),
-            epochs: Epochs::new(policy.state.max_entities),
-            inflight: Inflight::default(),
-            vary_index: BoundedTable::new(side),
-            uncacheable: BoundedTable::new(side),
-            authorized: BoundedTable::new(side),
+            store: Arc::new(CacheStore::new(policy.cache.max_bytes)),
+            epochs: Arc::new(Epochs::new(policy.state.max_entities)),
+            inflight: Arc::default(),
+            vary_index: Arc::new(BoundedTable::new(side)),
+            uncacheable: Arc::new(BoundedTable::new(side)),
+            authorized: Arc::new(BoundedTable::new(side)),
             secret: random_secret(),
             metrics,
-            stats: policy
-                .lookups
-                .iter()
-                .map(|_| RouteStats::default())
-                .collect(),
+            stats: policy.lookups.iter().map(|_| Arc::default()).collect(),
             clock: Clock::new(),
+        }
+    }
+
+    /// Creates a cache for the routes and upstreams of a reloaded policy that keeps this
+    /// cache's entries, epochs, fetches in flight, side tables, credential key and clock.
+    ///
+    /// A route keeps its statistics when the new policy has a lookup route of the same
+    /// name. `policy.cache.max_bytes` and `policy.state.max_entities` are not applied,
+    /// because the store and the epochs keep the bounds they were created with.
+    pub fn with_policy(&self, policy: &Policy, client: UpstreamClient) -> Self {
+        let stats = policy
+            .lookups
+            .iter()
+            .map(|route| {
+                self.routes
+                    .iter()
+                    .position(|old| old.name == route.name)
+                    .map_or_else(Arc::default, |index| self.stats[index].clone())
+            })
+            .collect();
+        Self {
+            routes: policy.lookups.clone(),
+            upstreams: policy.upstreams.clone(),
+            client,
+            store: self.store.clone(),
+            epochs: self.epochs.clone(),
+            inflight: self.inflight.clone(),
+            vary_index: self.vary_index.clone(),
+            uncacheable: self.uncacheable.clone(),
+            authorized: self.authorized.clone(),
+            secret: self.secret,
+            metrics: self.metrics.clone(),
+            stats,
+            clock: self.clock.clone(),
         }
     }
 

@@ -76,16 +76,20 @@ impl Default for Clock {
 }
 
 /// The notification handler: owns the compiled routes and shares state and metrics.
+///
+/// The state, the loop guard, the held-notification writer, the entity locks, the clock
+/// and the lookup cache's store outlive a policy reload: [`Gateway::with_policy`] builds a
+/// gateway for the new routes that shares them with this one.
 pub struct Gateway {
     routes: Vec<CompiledRoute>,
     upstreams: BTreeMap<String, UpstreamConfig>,
     client: UpstreamClient,
     state: Arc<StateStore>,
     guard: Arc<LoopGuard>,
-    held_writer: Option<guard::HeldWriter>,
+    held_writer: Option<Arc<guard::HeldWriter>>,
     lookups: crate::lookup::LookupCache,
     metrics: Arc<Metrics>,
-    locks: EntityLocks,
+    locks: Arc<EntityLocks>,
     clock: Clock,
 }
 
@@ -97,19 +101,8 @@ impl Gateway {
         loop_guard: Arc<LoopGuard>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, mask::MaskError> {
-        let routes = policy
-            .notifications
-            .iter()
-            .cloned()
-            .map(CompiledRoute::compile)
-            .collect::<Result<Vec<_>, _>>()?;
-        let connect_timeout = policy
-            .upstreams
-            .values()
-            .map(|u| u.connect_timeout)
-            .min()
-            .unwrap_or(Duration::from_secs(2));
-        let client = UpstreamClient::new(connect_timeout, metrics.clone());
+        let routes = compile_routes(policy)?;
+        let client = upstream_client(policy, &metrics);
         Ok(Self {
             routes,
             upstreams: policy.upstreams.clone(),
@@ -121,10 +114,37 @@ impl Gateway {
                 .state
                 .snapshot
                 .as_deref()
-                .map(|path| guard::HeldWriter::new(guard::held_path(path))),
+                .map(|path| Arc::new(guard::HeldWriter::new(guard::held_path(path)))),
             metrics,
-            locks: EntityLocks::default(),
+            locks: Arc::default(),
             clock: Clock::new(),
+        })
+    }
+
+    /// Compiles the routes and upstreams of a reloaded policy into a gateway that shares
+    /// this one's state, loop guard, held-notification writer, entity locks, clock and
+    /// lookup cache entries, so fingerprints, quarantines and cached lookups survive.
+    ///
+    /// The `state` and `cache` sections of `policy` are not applied, because the shared
+    /// parts keep the bounds and the snapshot path they were created with.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a mask that validation should have caught; this gateway is unaffected.
+    pub fn with_policy(&self, policy: &Policy) -> Result<Self, mask::MaskError> {
+        let routes = compile_routes(policy)?;
+        let client = upstream_client(policy, &self.metrics);
+        Ok(Self {
+            routes,
+            upstreams: policy.upstreams.clone(),
+            lookups: self.lookups.with_policy(policy, client.clone()),
+            client,
+            state: self.state.clone(),
+            guard: self.guard.clone(),
+            held_writer: self.held_writer.clone(),
+            metrics: self.metrics.clone(),
+            locks: self.locks.clone(),
+            clock: self.clock.clone(),
         })
     }
 
@@ -435,6 +455,27 @@ impl Gateway {
             })
             .inc_by(by);
     }
+}
+
+fn compile_routes(policy: &Policy) -> Result<Vec<CompiledRoute>, mask::MaskError> {
+    policy
+        .notifications
+        .iter()
+        .cloned()
+        .map(CompiledRoute::compile)
+        .collect()
+}
+
+/// The upstream client connects within the shortest `connect_timeout` of the policy's
+/// upstreams (2 s without upstreams).
+fn upstream_client(policy: &Policy, metrics: &Arc<Metrics>) -> UpstreamClient {
+    let connect_timeout = policy
+        .upstreams
+        .values()
+        .map(|u| u.connect_timeout)
+        .min()
+        .unwrap_or(Duration::from_secs(2));
+    UpstreamClient::new(connect_timeout, metrics.clone())
 }
 
 /// Writes the hop count into one batch element; keeps the element as it was if it

@@ -29,6 +29,58 @@ pub struct Policy {
     pub lookups: Vec<LookupRoute>,
     /// The lookup cache's limits.
     pub cache: CacheConfig,
+    /// Access to the admin listener.
+    pub admin: AdminConfig,
+}
+
+/// The `admin` section: who may use the admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Bearer token (RFC 6750) that every admin request except `/healthz`, `/readyz` and,
+    /// with `metrics_open`, `/metrics` must present (default none: no check).
+    pub token: Option<AdminToken>,
+    /// Whether `/metrics` is served without the token (default true, so scrapers need no
+    /// credential).
+    pub metrics_open: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            metrics_open: true,
+        }
+    }
+}
+
+/// The admin bearer token, kept only as its BLAKE3 digest so that neither `Debug` output
+/// nor a memory dump of the policy shows it.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: blake3::Hash,
+}
+
+impl AdminToken {
+    /// Wraps a token taken from the policy.
+    pub fn new(token: &str) -> Self {
+        Self {
+            digest: blake3::hash(token.as_bytes()),
+        }
+    }
+
+    /// Returns whether `presented` is the token. Both sides are hashed and the digests are
+    /// compared in constant time, so the time taken does not depend on how many leading
+    /// bytes match or on the presented length.
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        // `blake3::Hash` implements `PartialEq` in constant time.
+        blake3::hash(presented) == self.digest
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(not shown)")
+    }
 }
 
 /// The `cache` section.

@@ -103,6 +103,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy,
     Err(PolicyErrors(checker.into_problems()))
 }
 
+mod admin;
 mod lookups;
 mod loop_guard;
 
@@ -115,6 +116,7 @@ const TOP_KEYS: &[&str] = &[
     "notifications",
     "lookups",
     "cache",
+    "admin",
 ];
 const STATE_KEYS: &[&str] = &[
     "max_entities",
@@ -568,6 +570,7 @@ impl Checker {
             &upstream_names,
         );
         let cache = self.cache(fields.get("cache"));
+        let admin = self.admin(fields.get("admin"));
 
         Some(Policy {
             listen: listen?,
@@ -578,6 +581,7 @@ impl Checker {
             notifications: notifications?,
             lookups: lookups?,
             cache: cache?,
+            admin: admin?,
         })
     }
 
