@@ -674,12 +674,15 @@ fn unit_setting(key: &str) -> Option<String> {
 }
 
 #[test]
-fn systemd_unit_serves_without_reload() {
+fn systemd_unit_reloads_with_sighup() {
     assert_eq!(
         unit_setting("ExecStart").as_deref(),
         Some("/usr/local/bin/ekko serve --policy /etc/ekko/policy.yaml")
     );
-    assert_eq!(unit_setting("ExecReload"), None);
+    assert_eq!(
+        unit_setting("ExecReload").as_deref(),
+        Some("/bin/kill -HUP $MAINPID")
+    );
     assert_eq!(unit_setting("KillSignal").as_deref(), Some("SIGTERM"));
     assert_eq!(unit_setting("StateDirectory").as_deref(), Some("ekko"));
 
