@@ -190,6 +190,19 @@ impl Gateway {
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = self.dispatch(request, peer).await;
+        access_log(&method, &path, &response, peer, started);
+        response
+    }
+
+    async fn dispatch<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let arrived = Instant::now();
         let (parts, body) = request.into_parts();
         let found = route::find(&self.routes, &parts.method, parts.uri.path());
@@ -485,6 +498,37 @@ fn stamp_element(raw: &serde_json::value::RawValue, hops: u32) -> Box<serde_json
         .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
         .and_then(|text| serde_json::value::RawValue::from_string(text).ok())
         .unwrap_or_else(|| raw.to_owned())
+}
+
+/// Writes one line per request on the `ekko::access` target at info level: method, path
+/// without the query (which may carry secrets), status, ekko's decision or cache status,
+/// the client's address and the time taken. Never headers or bodies.
+fn access_log(
+    method: &http::Method,
+    path: &str,
+    response: &Response<Full<Bytes>>,
+    peer: SocketAddr,
+    started: Instant,
+) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    tracing::info!(
+        target: "ekko::access",
+        method = %method,
+        path = ?path,
+        status = response.status().as_u16(),
+        decision = %header(DECISION_HEADER),
+        cache = %header("cache-status"),
+        client = %peer.ip(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
 }
 
 /// Rejects `.` and `..` path segments, also percent-encoded: an upstream that normalises
