@@ -129,7 +129,7 @@ impl Gateway {
 
         let accepted = delivered(&route.format, &upstream_response);
         if upstream_response.status().is_success() && !accepted {
-            tracing::warn!(route = %route.name, "RabbitMQ answered routed=false: no queue took the message, so nothing is committed");
+            tracing::warn!(route = %route.name, "RabbitMQ returned routed=false: no queue took the message, so nothing is committed");
         }
         let now = self.clock.now_ms();
         for verdict in verdicts {

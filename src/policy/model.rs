@@ -124,7 +124,7 @@ pub struct LookupRoute {
     /// Entity key template over the path's captures; must produce the same keys as the
     /// notification routes, so a forwarded notification invalidates the right entries.
     pub entity: Template,
-    /// Longest time an entry is served without a change notification (default 5 m).
+    /// Maximum time an entry is served without a change notification (default 5 m).
     /// A shorter upstream `max-age` or `s-maxage` wins.
     pub ttl: Duration,
     /// How long past its lifetime an entry may be served while the upstream fails
@@ -143,11 +143,11 @@ pub struct LookupRoute {
     pub credential_header: Option<HeaderName>,
     /// Largest response body that is cached (default 8 MiB); larger ones are relayed.
     pub max_body: usize,
-    /// Longest time a request waits for another request's fetch of the same entry
+    /// Maximum time a request waits for another request's fetch of the same entry
     /// before it fetches on its own (default 10 s, longer than the default upstream
     /// `timeout`, so a waiter normally outlasts a slow writer).
     pub waiter_timeout: Duration,
-    /// Time for which an uncacheable answer sends later requests straight upstream
+    /// Time for which an uncacheable response sends later requests straight upstream
     /// instead of queueing behind one another (default 10 s).
     pub uncacheable_ttl: Duration,
 }
@@ -217,7 +217,7 @@ pub struct Pointers {
 /// What ekko does with a body that cannot be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUndecodable {
-    /// Answer 400 with a JSON error body (the default).
+    /// Respond with 400 and a JSON error body (the default).
     Reject,
     /// Forward it unchanged and count it.
     Forward,
@@ -257,7 +257,7 @@ pub struct FingerprintSpec {
     pub ignore: Vec<String>,
 }
 
-/// The answer to a suppressed notification.
+/// The response to a suppressed notification.
 #[derive(Debug, Clone)]
 pub struct SuppressedResponse {
     /// Status code (default 202).
@@ -316,7 +316,7 @@ pub struct LoopGuardConfig {
     pub suppress_above: f64,
     /// Penalty below which a quarantined entity is released (default 2).
     pub reuse_below: f64,
-    /// Longest time an entity stays quarantined (default 15 m).
+    /// Maximum time an entity stays quarantined (default 15 m).
     pub max_quarantine: Duration,
     /// Causal hop count at which a notification is held (default 10).
     pub max_hops: u32,
