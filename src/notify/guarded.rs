@@ -214,7 +214,7 @@ impl Gateway {
     /// Releases every entity whose quarantine may end now; returns how many were released.
     pub async fn release_due(&self) -> usize {
         let now = self.clock.now_ms();
-        let due = self.guard.due(now, |route| self.route_config(route));
+        let due = self.guard.due(now, |route| self.loop_guard_config(route));
         let mut released = 0;
         for key in due {
             if matches!(
@@ -225,13 +225,6 @@ impl Gateway {
             }
         }
         released
-    }
-
-    fn route_config(&self, name: &str) -> Option<crate::policy::LoopGuardConfig> {
-        self.routes
-            .iter()
-            .find(|r| r.route.name == name)
-            .map(|r| r.route.loop_guard.clone())
     }
 
     /// Asks for the release of one entity now, as an operator would.
