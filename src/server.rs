@@ -34,7 +34,7 @@ pub use reload::{Applied, Live, ReloadOutcome};
 /// Time a client gets to send the request head (30 s), against slow-header attacks.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why ekko could not start or stop cleanly.
+/// Failure to start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A listener could not be bound.
@@ -93,7 +93,7 @@ impl Running {
     }
 }
 
-/// Loads the snapshots, binds both listeners and starts serving. A reload answers that
+/// Loads the snapshots, binds both listeners and starts serving. A reload reports that
 /// there is no policy file; use [`start_with_policy_file`] to allow reloads.
 pub async fn start(policy: Policy) -> Result<Running, ServeError> {
     launch(policy, None).await
@@ -136,7 +136,7 @@ async fn launch(policy: Policy, source: Option<PathBuf>) -> Result<Running, Serv
 
     let (stop, stopped) = watch::channel(false);
     let public_task = tokio::spawn(serve_public(public, live.clone(), stopped.clone(), grace));
-    // The admin listener outlives the public one, so /readyz answers 503 during the drain.
+    // The admin listener outlives the public one, so /readyz returns 503 during the drain.
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = Admin {
         metrics: metrics.clone(),
@@ -225,7 +225,7 @@ async fn release_loop(live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Runs until `signal` completes, then shuts down gracefully. Reloads answer that there is
+/// Runs until `signal` completes, then shuts down gracefully. Reloads report that there is
 /// no policy file; the binary serves through [`start_with_policy_file`] instead.
 pub async fn serve(policy: Policy, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
     let running = start(policy).await?;

@@ -53,7 +53,7 @@ pub struct Detection<'a> {
     pub key: &'a str,
     /// Route name.
     pub route: &'a str,
-    /// Why the entity is quarantined.
+    /// Cause of the quarantine.
     pub reason: Reason,
     /// The `source` of the notification that tripped the guard.
     pub source: Option<&'a str>,
@@ -95,17 +95,17 @@ impl LoopGuard {
         self.quarantine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The entity's damping record, if any.
+    /// Returns the entity's damping record, if any.
     pub fn record(&self, key: &str) -> Option<GuardRecord> {
         self.records.peek(key)
     }
 
-    /// Whether the entity is quarantined.
+    /// Returns whether the entity is quarantined.
     pub fn is_quarantined(&self, key: &str) -> bool {
         self.quarantine_table().contains_key(key)
     }
 
-    /// A copy of the entity's quarantine.
+    /// Returns a copy of the entity's quarantine.
     pub fn quarantine(&self, key: &str) -> Option<Quarantine> {
         self.quarantine_table().get(key).cloned()
     }
@@ -139,7 +139,7 @@ impl LoopGuard {
             .map_or(0, |count| count.forwards)
     }
 
-    /// Whether forwarding `state` now would push the entity's penalty above `suppress_above`.
+    /// Returns whether forwarding `state` now would push the entity's penalty above `suppress_above`.
     pub fn would_trip(&self, key: &str, state: u64, now_ms: u64, config: &LoopGuardConfig) -> bool {
         let record = self.records.peek(key).unwrap_or_default();
         record.penalty_after(state, now_ms, config) > config.suppress_above
@@ -177,7 +177,7 @@ impl LoopGuard {
         }
     }
 
-    /// Quarantines an entity and holds its notification. Returns false, holding nothing,
+    /// Quarantines an entity and keeps its notification for release. Returns false, holding nothing,
     /// when `max_quarantined` entities are quarantined already: the caller forwards instead.
     pub fn enter(
         &self,
@@ -328,7 +328,7 @@ impl LoopGuard {
         self.audit.insert(key, ring);
     }
 
-    /// The entity's recent decisions, oldest first.
+    /// Returns the entity's recent decisions, oldest first.
     pub fn audit_entries(&self, key: &str) -> Vec<AuditEntry> {
         self.audit.peek(key).map(Vec::from).unwrap_or_default()
     }

@@ -33,10 +33,10 @@ pub struct GuardRecord {
     pub history: VecDeque<Transition>,
 }
 
-/// How a new state relates to the entity's recent states.
+/// Relation of a new state to the entity's recent states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// The first state ekko sees for the entity: no penalty.
+    /// The first state ekko observes for the entity: no penalty.
     First,
     /// The same state as the current one: no penalty.
     Same,
@@ -63,7 +63,7 @@ pub fn decay(penalty: f64, elapsed_ms: u64, half_life_ms: u64) -> f64 {
 }
 
 impl GuardRecord {
-    /// The penalty at `now_ms`.
+    /// Returns the penalty at `now_ms`.
     pub fn penalty_at(&self, now_ms: u64, config: &LoopGuardConfig) -> f64 {
         decay(
             self.penalty,
@@ -82,7 +82,7 @@ impl GuardRecord {
         }
     }
 
-    /// The penalty that observing `state` at `now_ms` would give.
+    /// Returns the penalty that observing `state` at `now_ms` would give.
     pub fn penalty_after(&self, state: u64, now_ms: u64, config: &LoopGuardConfig) -> f64 {
         self.penalty_at(now_ms, config) + step_penalty(self.classify(state), config)
     }
@@ -129,7 +129,7 @@ impl GuardRecord {
         (half_lives * config.half_life.as_millis() as f64).ceil() as u64 + 1
     }
 
-    /// The distinct sources of the recent transitions, in order of their last appearance.
+    /// Returns the distinct sources of the recent transitions, in order of their last appearance.
     pub fn sources(&self) -> Vec<String> {
         let mut sources: Vec<String> = Vec::new();
         for source in self.history.iter().filter_map(|t| t.source.as_ref()) {

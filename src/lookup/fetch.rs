@@ -17,7 +17,7 @@ use super::{is_error_status, respond, vary_key, LookupCache, Matched};
 use crate::policy::{CacheScope, LookupRoute};
 use crate::upstream::{forward_headers, response_headers, UpstreamClient, UpstreamError};
 
-/// What a writer's fetch produced.
+/// Result of a writer's fetch.
 pub enum Fetched {
     /// Stored, and servable to waiters.
     Stored(Arc<CacheEntry>),
@@ -73,7 +73,7 @@ impl LookupCache {
         self.client.send_as_is(upstream, request, limit).await
     }
 
-    /// The writer's fetch: stores the response when RFC 9111 and the policy allow it and no
+    /// Fetches as the writer and stores the response when RFC 9111 and the policy allow it and no
     /// change arrived meanwhile.
     pub(super) async fn fetch_and_store(
         &self,
@@ -229,8 +229,8 @@ impl LookupCache {
         }
     }
 
-    /// A credential not yet authorised on a shared route: its own request goes upstream,
-    /// and a 2xx response authorises it for `authorize_ttl` and may refresh the entry.
+    /// Sends the request of a credential not yet authorised on a shared route upstream. A
+    /// 2xx response authorises the credential for `authorize_ttl` and may refresh the entry.
     pub(super) async fn fetch_to_authorize(
         &self,
         matched: &Matched<'_>,
@@ -338,7 +338,7 @@ impl LookupCache {
     }
 }
 
-/// A weak entity-tag from the body's blake3 digest, for responses without one (RFC 9110
+/// Builds a weak entity-tag from the body's blake3 digest, for responses without one (RFC 9110
 /// §8.8.3): weak, because it identifies the bytes, not the representation's semantics.
 fn weak_etag(body: &Bytes) -> HeaderValue {
     let digest = blake3::hash(body).to_hex();

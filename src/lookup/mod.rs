@@ -320,7 +320,7 @@ impl LookupCache {
     }
 
     /// A waiter that got nothing usable from the writer fetches on its own; when that fails
-    /// too, the stale entry stands in as it does for the writer.
+    /// too, the stale entry is served as it is for the writer.
     async fn fetch_or_stale(
         &self,
         matched: &Matched<'_>,
@@ -452,7 +452,7 @@ impl LookupCache {
         self.metrics.cache_entries.set(self.store.len() as i64);
     }
 
-    /// The consumer's credential: `Authorization` and the route's credential header,
+    /// Returns the consumer's credential: `Authorization` and the route's credential header,
     /// length-prefixed so that no two different pairs give the same bytes.
     fn credential(&self, route: &LookupRoute, headers: &HeaderMap) -> Vec<u8> {
         let mut credential = Vec::new();
@@ -472,7 +472,7 @@ impl LookupCache {
         credential
     }
 
-    /// A keyed hash of the credential. The key is random per process, so the digest is
+    /// Returns a keyed hash of the credential. The key is random per process, so the digest is
     /// useless outside it and never reveals the credential.
     fn credential_digest(&self, credential: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.secret, credential).as_bytes()
@@ -512,7 +512,7 @@ impl LookupCache {
         self.authorized.insert(&key, until);
     }
 
-    /// The route, the credential's digest and, with `authorize_by: resource`, the path and
+    /// Builds the authorisation key: the route, the credential's digest and, with `authorize_by: resource`, the path and
     /// normalised query.
     fn authorization_key(&self, route: &LookupRoute, parts: &Parts, credential: &[u8]) -> String {
         let digest = blake3::Hash::from_bytes(self.credential_digest(credential)).to_hex();
@@ -629,7 +629,7 @@ fn hex(key: &CacheKey) -> String {
     blake3::Hash::from_bytes(key.0).to_hex().to_string()
 }
 
-/// A per-process random key for credential digests, from the OS through std's hasher seeds
+/// Draws a per-process random key for credential digests, from the OS through std's hasher seeds
 /// and the clock, hashed together.
 fn random_secret() -> [u8; 32] {
     use std::hash::{BuildHasher, Hasher};

@@ -19,7 +19,7 @@ use crate::policy::FingerprintSource;
 /// A larger entity fails open: it is forwarded and counted as `body_too_large`.
 pub const LOOKUP_BODY_LIMIT: usize = 16 << 20;
 
-/// What ekko does with one notification.
+/// Decision on one notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Forward it to the upstream.
@@ -33,7 +33,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The metric label: `forwarded`, `duplicate`, `unchanged` or `held`.
+    /// Returns the metric label: `forwarded`, `duplicate`, `unchanged` or `held`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Forward => "forwarded",
@@ -43,7 +43,7 @@ impl Decision {
         }
     }
 
-    /// The `Ekko-Decision` entry, such as `unchanged` or `held; reason=oscillation`.
+    /// Returns the `Ekko-Decision` entry, such as `unchanged` or `held; reason=oscillation`.
     pub fn header_value(self) -> String {
         match self {
             Self::Held(reason) => format!("held; reason={}", reason.as_str()),
@@ -271,7 +271,7 @@ impl Gateway {
     }
 }
 
-/// Reads the entity's state from a source API answer.
+/// Reads the entity's state from a source API response.
 fn state_of(
     response: &http::Response<bytes::Bytes>,
     mask: &crate::notify::mask::Mask,

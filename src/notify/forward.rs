@@ -17,7 +17,7 @@ use crate::policy::{Format, RouteMode};
 use crate::state::EntityRecord;
 use crate::upstream::{forward_headers, response_headers, UpstreamClient};
 
-/// How the hop count is written into a forwarded request.
+/// Way the hop count is written into a forwarded request.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Hops {
     /// A single notification: header and, where the format allows, the body.
@@ -32,7 +32,7 @@ pub(super) enum Hops {
 pub(super) const FORWARD_RESPONSE_LIMIT: usize = 4 << 20;
 
 impl Gateway {
-    /// Whether nothing is forwarded: an enforcing route where every verdict suppresses.
+    /// Returns whether nothing is forwarded: an enforcing route where every verdict suppresses.
     pub(super) fn suppresses(&self, matched: &Matched<'_>, verdicts: &[Verdict]) -> bool {
         matched.route.route.mode == RouteMode::Enforce
             && verdicts.iter().all(|v| v.decision != Decision::Forward)
@@ -273,7 +273,7 @@ impl Gateway {
     }
 }
 
-/// A few words on why a verdict was reached, for the audit ring.
+/// Describes in a few words why a verdict was reached, for the audit ring.
 fn reason_text(verdict: &Verdict) -> String {
     let state = match verdict.fingerprint {
         Some(fingerprint) => format!("state {}", &fingerprint.to_hex()[..16]),
@@ -287,7 +287,7 @@ fn reason_text(verdict: &Verdict) -> String {
     }
 }
 
-/// Whether the upstream took the notification: a 2xx status, and for a RabbitMQ management
+/// Returns whether the upstream took the notification: a 2xx status, and for a RabbitMQ management
 /// publish also `"routed": true`, because `false` means no queue received the message.
 pub(super) fn delivered(format: &Format, response: &Response<Bytes>) -> bool {
     if !response.status().is_success() {
@@ -317,7 +317,7 @@ fn set_decision(reply: &mut Response<Full<Bytes>>, value: &str) {
     }
 }
 
-/// The `Ekko-Decision` value: one entry per notification, comma-separated for a batch;
+/// Builds the `Ekko-Decision` value: one entry per notification, comma-separated for a batch;
 /// shadow routes add what enforce mode would have done (`forwarded; would=unchanged`).
 fn decision_header(matched: &Matched<'_>, verdicts: &[Verdict]) -> String {
     let shadow = matched.route.route.mode == RouteMode::Shadow;
@@ -335,7 +335,7 @@ fn decision_header(matched: &Matched<'_>, verdicts: &[Verdict]) -> String {
     }
 }
 
-/// Largest batch whose decisions are listed one by one in `Ekko-Decision`; a larger batch
+/// Largest batch whose decisions are listed one by one in `Ekko-Decision`. A larger batch
 /// gets counts instead, so the header stays far below common 8 KiB header limits.
 const MAX_DECISION_ENTRIES: usize = 32;
 

@@ -21,7 +21,7 @@ use crate::upstream::{forward_headers, UpstreamClient};
 /// Header on a released notification: how many held notifications it replaced.
 pub const COALESCED_HEADER: &str = "ekko-coalesced";
 
-/// What a release attempt did.
+/// Result of a release attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseOutcome {
     /// The newest held notification was forwarded and accepted.
@@ -39,7 +39,7 @@ pub enum ReleaseOutcome {
 }
 
 impl ReleaseOutcome {
-    /// The `outcome` label and admin API value.
+    /// Returns the `outcome` label and admin API value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Delivered => "delivered",
@@ -144,7 +144,7 @@ impl Gateway {
         self.update_quarantine_gauge();
     }
 
-    /// Writes the quarantine table to disk when a verdict holds a notification, so a held
+    /// Writes the quarantine table to disk when a verdict keeps a notification for release, so a held
     /// notification survives a crash once the producer has its 202. Without a snapshot
     /// path, held notifications live in memory only.
     pub(super) async fn save_holds(&self, verdicts: &[Verdict]) -> Result<(), NotifyError> {
@@ -153,7 +153,7 @@ impl Gateway {
             .any(|v| matches!(v.decision, Decision::Held(_)));
         match &self.held_writer {
             Some(writer) if holds => writer.persist(&self.guard).await.map_err(|error| {
-                tracing::error!(%error, "cannot save held notifications; answering 503 so the producer retries");
+                tracing::error!(%error, "saving held notifications failed; responding 503 so the producer retries");
                 NotifyError::HoldNotSaved
             }),
             _ => Ok(()),

@@ -27,7 +27,7 @@ pub struct EntitySlot {
     /// arrived before that start can reuse it: the state fetched is at least as new as the
     /// state that notification announced.
     pub last_lookup: Option<(Instant, StateFetch)>,
-    /// The source API's answer of the newest lookup, until a forward hands it to the
+    /// The source API's response to the newest lookup, until a forward hands it to the
     /// lookup cache.
     pub own_fetch: Option<Arc<OwnFetch>>,
 }
@@ -73,7 +73,7 @@ impl EntityLocks {
             slot: Some(slot.clone()),
             guard: None,
         };
-        // On timeout `entity` drops here and removes the table entry if nobody else uses it.
+        // On timeout `entity` drops here and removes the table entry if no other request uses it.
         let guard = tokio::time::timeout(wait, slot.lock_owned()).await.ok()?;
         entity.guard = Some(guard);
         Some(entity)
@@ -85,7 +85,7 @@ impl EntityLocks {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Whether no entity lock is held or awaited.
+    /// Returns whether no entity lock is held or awaited.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -93,7 +93,7 @@ impl EntityLocks {
 }
 
 impl EntityGuard<'_> {
-    /// The data shared between this entity's successive lock holders.
+    /// Returns the data shared between this entity's successive lock holders.
     pub fn slot(&mut self) -> &mut EntitySlot {
         self.guard
             .as_mut()
@@ -107,7 +107,7 @@ impl Drop for EntityGuard<'_> {
         let Some(slot) = self.slot.take() else { return };
         let mut table = self.locks.table.lock().unwrap_or_else(|p| p.into_inner());
         // Clones are only made under the table lock, so the count is stable here:
-        // the table's copy and ours mean nobody else holds or awaits this entity.
+        // the table's copy and ours mean no other request holds or awaits this entity.
         if Arc::strong_count(&slot) == 2 {
             table.remove(&self.key);
         }

@@ -148,22 +148,22 @@ impl Gateway {
         })
     }
 
-    /// The lookup cache, for the admin API.
+    /// Returns the lookup cache, for the admin API.
     pub fn lookups(&self) -> &crate::lookup::LookupCache {
         &self.lookups
     }
 
-    /// The loop guard's tables, for the admin API.
+    /// Returns the loop guard's tables, for the admin API.
     pub fn guard(&self) -> &LoopGuard {
         &self.guard
     }
 
-    /// The last forwarded state of an entity, for the admin API.
+    /// Returns the last forwarded state of an entity, for the admin API.
     pub fn entity_record(&self, key: &str) -> Option<crate::state::EntityRecord> {
         self.state.entities.peek(key)
     }
 
-    /// The loop guard settings of route `name`.
+    /// Returns the loop guard settings of route `name`.
     pub fn loop_guard_config(&self, name: &str) -> Option<crate::policy::LoopGuardConfig> {
         self.routes
             .iter()
@@ -176,7 +176,7 @@ impl Gateway {
         self.clock.now_ms()
     }
 
-    /// The fingerprint settings digest of route `name`, as stored with its fingerprints.
+    /// Returns the fingerprint settings digest of route `name`, as stored with its fingerprints.
     pub fn route_spec(&self, name: &str) -> Option<u64> {
         self.routes
             .iter()
@@ -184,7 +184,7 @@ impl Gateway {
             .map(|r| r.spec)
     }
 
-    /// Handles one producer request and returns the response; never fails.
+    /// Handles one request and returns the response. Every failure becomes an error response.
     pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes> + Send,

@@ -10,7 +10,7 @@ use crate::upstream::{failure_status, UpstreamError};
 /// Response header that names ekko's decision for each notification.
 pub const DECISION_HEADER: &str = "ekko-decision";
 
-/// Why a notification request was not forwarded or handled normally.
+/// Failure of a notification request, mapped to one response.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     /// No route matches the request path.
@@ -96,7 +96,7 @@ impl NotifyError {
         self
     }
 
-    /// The HTTP status: 4xx when the producer's request is at fault, 502/504 for the
+    /// Returns the HTTP status: 4xx when the producer's request is at fault, 502/504 for the
     /// upstream, 503 when the entity is busy, 500 for ekko's own trouble.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -125,7 +125,7 @@ impl NotifyError {
         }
     }
 
-    /// A short machine-readable error code for the JSON body.
+    /// Returns a short machine-readable error code for the JSON body.
     fn code(&self) -> &'static str {
         match self {
             Self::NoRoute { .. } => "no_route",
@@ -144,7 +144,7 @@ impl NotifyError {
         }
     }
 
-    /// The response for the producer: JSON `{"error": code, "message": text}`.
+    /// Builds the response for the producer: JSON `{"error": code, "message": text}`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut response = json_response(self.status(), &body);
@@ -168,7 +168,7 @@ impl NotifyError {
     }
 }
 
-/// A JSON response with `Cache-Control: no-store`.
+/// Builds a JSON response with `Cache-Control: no-store`.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;

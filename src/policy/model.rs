@@ -91,7 +91,7 @@ pub struct CacheConfig {
     pub max_bytes: usize,
 }
 
-/// Who may share a cached response.
+/// Sharing rule of a lookup route's cached responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheScope {
     /// Entries are partitioned by a hash of the consumer's credential (the default).
@@ -101,7 +101,7 @@ pub enum CacheScope {
     Shared,
 }
 
-/// What an upstream 2xx for a credential authorises it to read from shared entries.
+/// Extent of what an upstream 2xx for a credential authorises it to read from shared entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthorizeBy {
     /// Every resource of the route: for APIs whose access is granted per API, as API
@@ -214,7 +214,7 @@ pub struct Pointers {
     pub data: Option<String>,
 }
 
-/// What ekko does with a body that cannot be decoded.
+/// Handling of a body that cannot be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUndecodable {
     /// Respond with 400 and a JSON error body (the default).
@@ -232,7 +232,7 @@ pub enum RouteMode {
     Shadow,
 }
 
-/// Where the state that is fingerprinted comes from.
+/// Source of the state that is fingerprinted.
 #[derive(Debug, Clone)]
 pub enum FingerprintSource {
     /// The notification's own data.
@@ -251,7 +251,7 @@ pub enum FingerprintSource {
 /// The `fingerprint` section of a notification route.
 #[derive(Debug, Clone)]
 pub struct FingerprintSpec {
-    /// Where the state comes from.
+    /// Source of the state.
     pub source: FingerprintSource,
     /// JSON pointers removed before hashing; `*` matches every array element or object member.
     pub ignore: Vec<String>,

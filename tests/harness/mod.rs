@@ -36,11 +36,11 @@ impl Recorded {
 /// What a mock server does with a request.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// Answer with this status and body.
+    /// Respond with this status and body.
     Respond(u16, String),
-    /// Wait, then answer.
+    /// Wait, then respond.
     Delay(Duration, u16, String),
-    /// Close the connection without an answer.
+    /// Close the connection without a response.
     Drop,
 }
 
@@ -87,7 +87,7 @@ impl MockServer {
         }
     }
 
-    /// A server that answers 200 `{"routed":true}` to everything, like RabbitMQ's publish.
+    /// Starts a server that responds 200 `{"routed":true}` to everything, like RabbitMQ's publish.
     pub async fn accepting() -> Self {
         Self::start(|_| Reply::Respond(200, r#"{"routed":true}"#.into())).await
     }
@@ -193,7 +193,7 @@ impl SourceApi {
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens: connections are refused.
+/// Returns an address on 127.0.0.1 where nothing listens, so connections are refused.
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -302,7 +302,7 @@ impl Ekko {
             .text()
     }
 
-    /// The value of one sample line, such as `ekko_notifications_total{route="r",decision="unchanged"}`.
+    /// Returns the value of one sample line, such as `ekko_notifications_total{route="r",decision="unchanged"}`.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
@@ -319,7 +319,7 @@ impl Ekko {
     }
 }
 
-/// A structured CloudEvent body.
+/// Builds a structured CloudEvent body.
 pub fn cloudevent(id: &str, subject: &str, data: serde_json::Value) -> String {
     serde_json::json!({
         "specversion": "1.0",
