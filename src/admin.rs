@@ -63,8 +63,7 @@ impl Admin {
         match path.as_str() {
             "/metrics" => self.metrics_response(&request),
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/readyz" => self.readiness(),
             "/admin/quarantine" => self.quarantine_list(),
             "/admin/cache" => json_response(StatusCode::OK, &self.gateway().lookups().summary()),
             other => match other.strip_prefix("/admin/entities/") {
@@ -78,6 +77,26 @@ impl Admin {
                 ),
             },
         }
+    }
+
+    /// `GET /readyz`: 200 once the listeners are up and every AMQP upstream is connected;
+    /// 503 while draining or while an AMQP upstream is disconnected, naming it.
+    fn readiness(&self) -> Response<Full<Bytes>> {
+        if !self.ready.load(Ordering::Acquire) {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+        }
+        let gateway = self.gateway();
+        let disconnected = gateway.amqp().disconnected();
+        if disconnected.is_empty() {
+            return text(StatusCode::OK, "ready\n");
+        }
+        let body = format!(
+            "not ready: amqp upstream not connected: {}\n",
+            disconnected.join(", ")
+        );
+        let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "");
+        *response.body_mut() = Full::new(Bytes::from(body));
+        response
     }
 
     /// Serves OpenMetrics when the scraper accepts it, else Prometheus text 0.0.4.

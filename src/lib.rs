@@ -1,6 +1,7 @@
 //! ekko: a notification gateway that forwards only real changes.
 
 pub mod admin;
+pub mod amqp;
 pub mod cli;
 pub mod demo;
 pub mod guard;

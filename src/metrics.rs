@@ -88,6 +88,15 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+/// `upstream` and `outcome` labels of AMQP publishes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AmqpOutcomeLabels {
+    /// Upstream name from the policy.
+    pub upstream: String,
+    /// `confirmed`, `nacked`, `returned`, `unconnected`, `timeout` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// `result` label alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -149,6 +158,13 @@ pub struct Metrics {
     pub cache_invalidations: Family<RouteLabels, Counter>,
     /// `ekko_policy_reloads_total{result}`: policy reloads applied (`ok`) or rejected.
     pub policy_reloads: Family<OutcomeLabels, Counter>,
+    /// `ekko_amqp_connected{upstream}`: 1 while the AMQP upstream's connection is open.
+    pub amqp_connected: Family<UpstreamLabels, Gauge>,
+    /// `ekko_amqp_publishes_total{upstream,outcome}`: AMQP messages by publish outcome.
+    pub amqp_publishes: Family<AmqpOutcomeLabels, Counter>,
+    /// `ekko_amqp_reconnects_total{upstream}`: connections opened again after a loss or a
+    /// settings change.
+    pub amqp_reconnects: Family<UpstreamLabels, Counter>,
 }
 
 impl Metrics {
@@ -175,6 +191,9 @@ impl Metrics {
             cache_evictions: Counter::default(),
             cache_invalidations: Family::default(),
             policy_reloads: Family::default(),
+            amqp_connected: Family::default(),
+            amqp_publishes: Family::default(),
+            amqp_reconnects: Family::default(),
             registry: Registry::default(),
         };
         metrics.register(&mut registry);
@@ -290,6 +309,21 @@ impl Metrics {
             "policy_reloads",
             "Policy reloads by result: ok, or rejected with the old policy kept",
             self.policy_reloads.clone(),
+        );
+        registry.register(
+            "amqp_connected",
+            "1 while the AMQP upstream's connection and confirm channel are open, else 0",
+            self.amqp_connected.clone(),
+        );
+        registry.register(
+            "amqp_publishes",
+            "AMQP messages by publish outcome",
+            self.amqp_publishes.clone(),
+        );
+        registry.register(
+            "amqp_reconnects",
+            "AMQP connections opened again after a loss or a settings change",
+            self.amqp_reconnects.clone(),
         );
     }
 

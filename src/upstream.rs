@@ -334,6 +334,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             headers: Vec::new(),
+            amqp: None,
         }
     }
 

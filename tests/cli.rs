@@ -13,6 +13,7 @@ fn ekko(args: &[&str]) -> std::process::Output {
         .env("HR_API_TOKEN", "test-token")
         .env("MQ_AUTH", "Z3Vlc3Q6Z3Vlc3Q=")
         .env("SINK_TOKEN", "test-token")
+        .env("EKKO_AMQP_PASSWORD", "test-password")
         .output()
         .expect("ekko runs")
 }

@@ -215,6 +215,9 @@ impl Gateway {
             }
             Hops::Unknown => body,
         };
+        if let Some(supervisor) = self.amqp.get(&upstream.name) {
+            return self.publish(matched, supervisor, &headers, &body).await;
+        }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;

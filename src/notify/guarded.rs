@@ -330,6 +330,11 @@ impl Gateway {
             self.guard.retry_later(key, self.clock.now_ms());
             return ReleaseOutcome::Retry;
         };
+        if let Some(supervisor) = self.amqp.get(&upstream.name) {
+            return self
+                .deliver_amqp(key, compiled, held, supervisor.clone())
+                .await;
+        }
         let Ok(uri) = UpstreamClient::uri(upstream, &held.path_and_query) else {
             self.guard.retry_later(key, self.clock.now_ms());
             return ReleaseOutcome::Retry;
@@ -371,6 +376,42 @@ impl Gateway {
                     attempts,
                     "release forward failed; retrying with backoff"
                 );
+                ReleaseOutcome::Retry
+            }
+        }
+    }
+
+    /// Publishes a held notification to an AMQP upstream; commits it once confirmed.
+    async fn deliver_amqp(
+        &self,
+        key: &str,
+        compiled: &super::route::CompiledRoute,
+        held: &HeldNotification,
+        supervisor: std::sync::Arc<crate::amqp::Supervisor>,
+    ) -> ReleaseOutcome {
+        let route_name = &compiled.route.name;
+        let path = held.path_and_query.split('?').next().unwrap_or("/");
+        let matched = Matched {
+            route: compiled,
+            captures: compiled.route.path.matches(path).unwrap_or_default(),
+        };
+        self.lookups.invalidate(key, route_name);
+        let mut headers = held.headers.clone();
+        let hops = held.hops.saturating_add(1);
+        let body = crate::guard::stamp(
+            &compiled.route.format,
+            &mut headers,
+            held.body.clone(),
+            hops,
+        );
+        match self.publish(&matched, &supervisor, &headers, &body).await {
+            Ok(_) => {
+                self.commit_release(key, compiled, held);
+                ReleaseOutcome::Delivered
+            }
+            Err(error) => {
+                let attempts = self.guard.retry_later(key, self.clock.now_ms());
+                tracing::warn!(route = %route_name, entity = key, %error, attempts, "release publish failed; retrying with backoff");
                 ReleaseOutcome::Retry
             }
         }

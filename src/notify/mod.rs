@@ -1,5 +1,6 @@
 //! Producer path: decode the notification, fingerprint the entity, decide, forward, commit.
 
+mod amqp;
 pub mod canonical;
 mod decide;
 pub mod envelope;
@@ -83,6 +84,7 @@ impl Default for Clock {
 pub struct Gateway {
     routes: Vec<CompiledRoute>,
     upstreams: BTreeMap<String, UpstreamConfig>,
+    amqp: crate::amqp::AmqpUpstreams,
     client: UpstreamClient,
     state: Arc<StateStore>,
     guard: Arc<LoopGuard>,
@@ -106,6 +108,7 @@ impl Gateway {
         Ok(Self {
             routes,
             upstreams: policy.upstreams.clone(),
+            amqp: crate::amqp::AmqpUpstreams::start(policy, &metrics),
             lookups: crate::lookup::LookupCache::new(policy, client.clone(), metrics.clone()),
             client,
             state,
@@ -137,6 +140,7 @@ impl Gateway {
         Ok(Self {
             routes,
             upstreams: policy.upstreams.clone(),
+            amqp: self.amqp.with_policy(policy, &self.metrics),
             lookups: self.lookups.with_policy(policy, client.clone()),
             client,
             state: self.state.clone(),
@@ -151,6 +155,11 @@ impl Gateway {
     /// Returns the lookup cache, for the admin API.
     pub fn lookups(&self) -> &crate::lookup::LookupCache {
         &self.lookups
+    }
+
+    /// Returns the AMQP upstreams and their connections, for readiness.
+    pub fn amqp(&self) -> &crate::amqp::AmqpUpstreams {
+        &self.amqp
     }
 
     /// Returns the loop guard's tables, for the admin API.
@@ -245,7 +254,7 @@ impl Gateway {
             Ok(response) => response,
             Err(error) => {
                 let decision = match error {
-                    NotifyError::Upstream(_) => "upstream_error",
+                    NotifyError::Upstream(_) | NotifyError::Amqp(_) => "upstream_error",
                     NotifyError::EntityBusy => "busy",
                     NotifyError::Internal(_) => "internal_error",
                     _ => "rejected",

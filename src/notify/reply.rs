@@ -5,6 +5,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::amqp::PublishError;
 use crate::upstream::{failure_status, UpstreamError};
 
 /// Response header that names ekko's decision for each notification.
@@ -76,6 +77,9 @@ pub enum NotifyError {
     /// Forwarding failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// Publishing to an AMQP upstream failed or was not confirmed.
+    #[error(transparent)]
+    Amqp(#[from] PublishError),
     /// A bug or resource problem inside ekko; details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -97,7 +101,8 @@ impl NotifyError {
     }
 
     /// Returns the HTTP status: 4xx when the producer's request is at fault, 502/504 for the
-    /// upstream, 503 when the entity is busy, 500 for ekko's own trouble.
+    /// upstream, 503 when the entity is busy or an AMQP upstream is not connected, 500 for
+    /// ekko's own trouble.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -110,6 +115,7 @@ impl NotifyError {
             | Self::KeyTooLong { .. } => StatusCode::BAD_REQUEST,
             Self::EntityBusy | Self::HoldNotSaved => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(error) => failure_status(error),
+            Self::Amqp(error) => error.status(),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,7 +124,7 @@ impl NotifyError {
     /// is at fault, `upstream_error` when the upstream failed, `busy` or `error` otherwise.
     pub fn decision(&self) -> &'static str {
         match self {
-            Self::Upstream(_) => "upstream_error",
+            Self::Upstream(_) | Self::Amqp(_) => "upstream_error",
             Self::EntityBusy => "busy",
             Self::HoldNotSaved | Self::Internal(_) => "error",
             _ => "rejected",
@@ -140,6 +146,7 @@ impl NotifyError {
             Self::HoldNotSaved => "hold_not_saved",
             Self::Upstream(UpstreamError::TimedOut { .. }) => "upstream_timeout",
             Self::Upstream(_) => "upstream_unavailable",
+            Self::Amqp(error) => error.code(),
             Self::Internal(_) => "internal",
         }
     }
@@ -161,6 +168,14 @@ impl NotifyError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Amqp(error) => {
+                if let Some(delay) = error.retry_after() {
+                    let seconds = delay.as_secs().max(1);
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
             }
             _ => {}
         }

@@ -186,6 +186,73 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Headers that ekko adds to its own requests (its credential); never logged.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// AMQP 0-9-1 settings for an `amqp://` upstream; `None` for an HTTP upstream.
+    pub amqp: Option<AmqpConfig>,
+}
+
+/// What a message returned by the broker as unroutable (`basic.return`) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroutable {
+    /// The producer gets 502 and nothing is committed, so its retry is forwarded (the default).
+    Error,
+    /// The notification counts as delivered although no queue took it.
+    Success,
+}
+
+/// The settings of an AMQP 0-9-1 upstream (`url: amqp://host:port/vhost`).
+///
+/// `PartialEq` compares every setting, the password included, so a reload can tell
+/// whether the live connection may be kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpConfig {
+    /// Broker host name or IP address.
+    pub host: String,
+    /// Broker port (default 5672).
+    pub port: u16,
+    /// Virtual host, percent-decoded (default `/`).
+    pub vhost: String,
+    /// Exchange template; placeholders are the route's template fields.
+    pub exchange: Template,
+    /// Routing key template (default empty).
+    pub routing_key: Template,
+    /// Whether messages are published with the `mandatory` flag (default true).
+    pub mandatory: bool,
+    /// Meaning of a `basic.return` (default [`Unroutable::Error`]).
+    pub unroutable: Unroutable,
+    /// Maximum time to wait for the broker's publisher confirm (default 5 s).
+    pub confirm_timeout: Duration,
+    /// AMQP heartbeat interval that ekko proposes, in whole seconds (default 30 s).
+    pub heartbeat: Duration,
+    /// First delay before a reconnect attempt (default 100 ms); it doubles per failure.
+    pub reconnect_min: Duration,
+    /// Largest delay between reconnect attempts (default 30 s).
+    pub reconnect_max: Duration,
+    /// User name for the SASL PLAIN login (default `guest`).
+    pub username: String,
+    /// Password for the SASL PLAIN login (default `guest`); never logged or shown.
+    pub password: AmqpPassword,
+}
+
+/// An AMQP password whose `Debug` output does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpPassword(String);
+
+impl AmqpPassword {
+    /// Wraps a password taken from the policy.
+    pub fn new(password: &str) -> Self {
+        Self(password.to_owned())
+    }
+
+    /// Returns the password, for the login only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AmqpPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AmqpPassword(not shown)")
+    }
 }
 
 /// Envelope format of a notification route.

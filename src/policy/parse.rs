@@ -104,6 +104,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy,
 }
 
 mod admin;
+mod amqp;
 mod lookups;
 mod loop_guard;
 
@@ -126,7 +127,6 @@ const STATE_KEYS: &[&str] = &[
     "snapshot",
     "snapshot_interval",
 ];
-const UPSTREAM_KEYS: &[&str] = &["url", "timeout", "connect_timeout", "headers"];
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
@@ -267,6 +267,9 @@ struct Checker {
     /// Keys whose `${VAR}` substitution failed. Further problems on them would only
     /// repeat that one.
     failed_substitutions: Vec<String>,
+    /// Upstreams whose `url` is an AMQP URL, with the placeholders of their exchange and
+    /// routing key templates once those parsed.
+    amqp_upstreams: BTreeMap<String, Option<Vec<String>>>,
 }
 
 impl Checker {
@@ -560,6 +563,7 @@ impl Checker {
             self.optional_duration(fields.get("shutdown_grace"), "30s", DEFAULT_SHUTDOWN_GRACE);
         let state = self.state(fields.get("state"));
         let upstream_names = self.upstream_names(fields.get("upstreams"));
+        self.scan_amqp_upstreams(fields.get("upstreams").as_ref());
         let upstreams_field = fields.required(self, "upstreams");
         let upstreams = self.upstreams(upstreams_field);
         let notifications_field = fields.required(self, "notifications");
@@ -701,10 +705,13 @@ impl Checker {
     }
 
     fn upstream(&mut self, name: &str, field: &Field<'_>) -> Option<UpstreamConfig> {
-        let fields = self.keyed(field, UPSTREAM_KEYS)?;
-        let url = fields
-            .required(self, "url")
-            .and_then(|url| self.upstream_url(&url));
+        let fields = self.keyed(field, amqp::UPSTREAM_KEYS)?;
+        let url_field = fields.required(self, "url")?;
+        if matches!(&url_field.node.value, Value::Scalar(s) if amqp::is_amqp_url(&s.text)) {
+            return self.amqp_upstream_config(name, &fields, &url_field);
+        }
+        self.reject_amqp_keys(&fields);
+        let url = self.upstream_url(&url_field);
         let timeout = self.optional_positive_duration(fields.get("timeout"), "5s", DEFAULT_TIMEOUT);
         let connect_timeout = self.optional_positive_duration(
             fields.get("connect_timeout"),
@@ -729,6 +736,38 @@ impl Checker {
             timeout: timeout?,
             connect_timeout: connect_timeout?,
             headers: headers?,
+            amqp: None,
+        })
+    }
+
+    /// Builds an AMQP upstream. `authority` holds the broker's host and port, so log lines
+    /// name it like an HTTP upstream, and `timeout` is the confirm timeout.
+    fn amqp_upstream_config(
+        &mut self,
+        name: &str,
+        fields: &Fields<'_>,
+        url: &Field<'_>,
+    ) -> Option<UpstreamConfig> {
+        let connect_timeout = self.optional_positive_duration(
+            fields.get("connect_timeout"),
+            "2s",
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let amqp = self.amqp_upstream(name, fields, url)?;
+        let host = if amqp.host.contains(':') {
+            format!("[{}]:{}", amqp.host, amqp.port)
+        } else {
+            format!("{}:{}", amqp.host, amqp.port)
+        };
+        let authority = Authority::from_str(&host).ok()?;
+        Some(UpstreamConfig {
+            name: name.to_owned(),
+            authority,
+            base_path: String::new(),
+            timeout: amqp.confirm_timeout,
+            connect_timeout: connect_timeout?,
+            headers: Vec::new(),
+            amqp: Some(amqp),
         })
     }
 
@@ -897,6 +936,9 @@ impl Checker {
             upstreams,
             template_fields: matcher.as_ref().map(|(_, path)| template_fields(path)),
         };
+        if let (Some(name), Some(field)) = (&upstream, fields.get("upstream")) {
+            self.check_amqp_route(&field, name, &fields, context.template_fields.as_deref());
+        }
         let entity = fields
             .required(self, "entity")
             .and_then(|e| self.template(&e, &context, false));
@@ -1288,9 +1330,9 @@ impl Checker {
         context: &RouteContext<'_>,
     ) -> Option<FingerprintSource> {
         let fields = self.keyed(field, LOOKUP_KEYS)?;
-        let upstream = fields
-            .required(self, "upstream")
-            .and_then(|upstream| self.upstream_ref(&upstream, context.upstreams));
+        let upstream = fields.required(self, "upstream").and_then(|upstream| {
+            self.http_upstream_ref(&upstream, context.upstreams, "`fingerprint: lookup`")
+        });
         let path = fields
             .required(self, "path")
             .and_then(|path| self.template(&path, context, true));

@@ -105,6 +105,17 @@ impl Template {
         self.render(lookup, KEY_VALUE)
     }
 
+    /// Renders a text such as an AMQP exchange or routing key: values are inserted as they
+    /// are, except that control characters are percent-encoded.
+    ///
+    /// Returns the name of the first placeholder that `lookup` has no value for.
+    pub fn render_text<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<String, String> {
+        self.render(lookup, percent_encoding::CONTROLS)
+    }
+
     /// Renders a URL path: each value is percent-encoded as one path segment, so a value
     /// such as `../admin` or `a?b` can never change the path or the query.
     ///

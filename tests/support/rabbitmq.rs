@@ -240,6 +240,40 @@ impl Broker {
         format!("http://127.0.0.1:{}", self.ports.management)
     }
 
+    /// Returns the AMQP 0-9-1 URL of vhost `/`, `amqp://127.0.0.1:PORT/%2F`.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://127.0.0.1:{}/%2F", self.ports.amqp)
+    }
+
+    /// Stops the RabbitMQ application with `rabbitmqctl stop_app`, which closes every client
+    /// connection while the Erlang node keeps running, so [`Broker::start_app`] can bring it
+    /// back on the same ports.
+    ///
+    /// # Errors
+    ///
+    /// Returns the command's failure or timeout (30 s) as text.
+    pub fn stop_app(&self) -> Result<(), String> {
+        self.rabbitmqctl("stop_app")
+    }
+
+    /// Starts the RabbitMQ application again after [`Broker::stop_app`]; exchanges, queues
+    /// and bindings declared durable are kept.
+    ///
+    /// # Errors
+    ///
+    /// Returns the command's failure or timeout (30 s) as text.
+    pub fn start_app(&self) -> Result<(), String> {
+        self.rabbitmqctl("start_app")
+    }
+
+    fn rabbitmqctl(&self, action: &str) -> Result<(), String> {
+        let mut command = self.command(RABBITMQCTL);
+        command.arg(action);
+        let output = self.dir.path().join(format!("rabbitmqctl-{action}.out"));
+        run_with_timeout(command, CTL_STOP_TIMEOUT, &output)
+            .map_err(|problem| format!("`rabbitmqctl {action}` {problem}"))
+    }
+
     /// Returns the value of an `Authorization` header for the management API (HTTP Basic
     /// authentication, RFC 7617, as `guest:guest`).
     pub fn authorization(&self) -> &str {

@@ -151,7 +151,7 @@ impl Checker {
 
         let upstream = fields
             .required(self, "upstream")
-            .and_then(|u| self.upstream_ref(&u, upstreams));
+            .and_then(|u| self.http_upstream_ref(&u, upstreams, "a lookup route"));
         let entity = fields
             .required(self, "entity")
             .and_then(|e| self.lookup_entity(&e, path.as_ref()));
