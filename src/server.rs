@@ -334,7 +334,7 @@ async fn snapshot_loop(
 
 /// Loads the guard snapshot beside the state snapshot; a missing or unusable one starts empty.
 fn load_guard(policy: &Policy) -> LoopGuard {
-    let guard = LoopGuard::new(&policy.state);
+    let mut guard = LoopGuard::new(&policy.state);
     let Some(path) = &policy.state.snapshot else {
         return guard;
     };

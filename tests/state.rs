@@ -1,5 +1,6 @@
 //! Tests for the bounded tables, the state store and its snapshot file.
 
+use std::collections::HashMap;
 use std::fs;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::thread;
 
 use ekko::notify::fingerprint::Fingerprint;
-use ekko::state::{BoundedTable, EntityRecord, SnapshotError, StateStore};
+use ekko::state::{BoundedTable, EntityRecord, KeyId, SnapshotError, StateStore};
 
 fn bound(max: usize) -> NonZeroUsize {
     NonZeroUsize::new(max).expect("test bounds are positive")
@@ -142,9 +143,9 @@ fn entries_run_from_oldest_to_newest() {
     }
     table.get("key-3");
     table.insert("key-5", 50);
-    let keys: Vec<String> = table.entries().into_iter().map(|(k, _)| k.into()).collect();
-    let expected = [0, 1, 2, 4, 6, 7, 8, 9, 3, 5].map(|n| format!("key-{n}"));
-    assert_eq!(keys, expected);
+    let ids: Vec<KeyId> = table.entries().into_iter().map(|(id, _)| id).collect();
+    let expected = [0, 1, 2, 4, 6, 7, 8, 9, 3, 5].map(|n| table.key_id(&format!("key-{n}")));
+    assert_eq!(ids, expected);
     assert_eq!(table.peek("key-5"), Some(50));
 }
 
@@ -278,10 +279,10 @@ fn unusual_keys_round_trip() {
 }
 
 #[test]
-fn overlong_key_is_left_out() {
+fn long_key_round_trips() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = snapshot_path(&dir);
-    let long_key = "x".repeat(70_000);
+    let long_key = "x".repeat(2 << 20);
     let store = StateStore::new(bound(1000), bound(1000));
     store.commit(&long_key, record(1));
     store.commit("short", record(2));
@@ -289,9 +290,24 @@ fn overlong_key_is_left_out() {
     let stats = store.save(&path).expect("save succeeds");
     let (loaded, _) = StateStore::load(&path, bound(1000), bound(1000)).expect("load succeeds");
 
-    assert_eq!(stats.entities, 1);
-    assert_eq!(loaded.entities.peek(&long_key), None);
+    assert_eq!(stats.entities, 2);
+    assert_eq!(loaded.entities.peek(&long_key), Some(record(1)));
     assert_eq!(loaded.entities.peek("short"), Some(record(2)));
+}
+
+#[test]
+fn snapshot_contains_no_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = snapshot_path(&dir);
+    let store = StateStore::new(bound(10), bound(10));
+    store.commit("hr/person/secret-name", record(1));
+    store.record_event("urn:hr\0event-secret", 2);
+    store.save(&path).expect("save succeeds");
+
+    let text = fs::read_to_string(&path).expect("read snapshot");
+
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains(&store.entities.key_id("hr/person/secret-name").to_string()));
 }
 
 #[test]
@@ -306,19 +322,17 @@ fn smaller_bounds_keep_newest() {
     let (loaded, stats) = StateStore::load(&path, bound(10), bound(1)).expect("load succeeds");
 
     assert_eq!(stats.entities, saved.len());
-    let newest: Vec<_> = saved[saved.len() - 10..].iter().map(|(k, _)| k).collect();
+    let newest: Vec<_> = saved[saved.len() - 10..].iter().map(|(id, _)| id).collect();
+    let saved_values: HashMap<KeyId, EntityRecord> = saved.iter().cloned().collect();
     let loaded_entries = loaded.entities.entries();
     assert!(!loaded_entries.is_empty());
     assert!(loaded_entries.len() <= 10, "kept {}", loaded_entries.len());
-    for (key, value) in &loaded_entries {
-        assert!(newest.contains(&key), "{key} is not among the newest");
-        assert_eq!(Some(value), store.entities.peek(key).as_ref());
+    for (id, value) in &loaded_entries {
+        assert!(newest.contains(&id), "{id} is not among the newest");
+        assert_eq!(Some(value), saved_values.get(id));
     }
-    let (newest_key, _) = saved.last().expect("store is not empty");
-    assert_eq!(
-        loaded.entities.peek(newest_key),
-        store.entities.peek(newest_key)
-    );
+    let newest_entry = saved.last().expect("store is not empty");
+    assert!(loaded_entries.contains(newest_entry));
     assert_eq!(
         loaded.events.entries(),
         saved_events[saved_events.len() - 1..]
@@ -370,7 +384,9 @@ fn save_replaces_older_snapshot() {
 
     assert_eq!(stats.entities, 1);
     assert_eq!(stats.events, 0);
-    assert_eq!(loaded.entities.entries(), [(Box::from("only"), record(9))]);
+    let id = loaded.entities.key_id("only");
+    assert_eq!(loaded.entities.entries(), [(id, record(9))]);
+    assert_eq!(loaded.entity("only"), Some(record(9)));
 }
 
 #[test]
@@ -426,19 +442,44 @@ fn truncated_file_is_corrupt() {
 }
 
 #[test]
-fn other_version_is_corrupt() {
+fn version_one_snapshot_is_unsupported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = snapshot_path(&dir);
+    let seed = "0".repeat(64);
+    let digest = "ab".repeat(32);
+    let body = format!(
+        "ekko-snapshot 1\n\
+         {{\"entity_seed\":\"{seed}\",\"event_seed\":\"{seed}\",\"entities\":1,\"events\":0}}\n\
+         {{\"k\":\"hr/person/1\",\"fingerprint\":\"{digest}\",\"spec\":3,\"forwarded_at_ms\":4}}\n"
+    );
+    write_with_trailer(&path, &body);
+
+    let error = load_error(&path);
+    let message = error.to_string();
+
+    match error {
+        SnapshotError::UnsupportedVersion { version, .. } => assert_eq!(version, "1"),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("version 1"), "{message}");
+    assert!(message.contains("starts with empty state"), "{message}");
+}
+
+#[test]
+fn newer_version_is_unsupported() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = snapshot_path(&dir);
     save_filled(&path);
     let text = fs::read_to_string(&path).expect("read snapshot");
-    let body = text.replacen("ekko-snapshot 1\n", "ekko-snapshot 2\n", 1);
+    let body = text.replacen("ekko-snapshot 2\n", "ekko-snapshot 3\n", 1);
     let trailer_start = body.rfind("blake3 ").expect("snapshot has a trailer");
-    let body = &body[..trailer_start];
-    write_with_trailer(&path, body);
+    write_with_trailer(&path, &body[..trailer_start]);
 
-    let reason = corrupt_reason(&path);
-
-    assert!(reason.contains("version \"2\""), "{reason}");
+    match load_error(&path) {
+        SnapshotError::UnsupportedVersion { version, .. } => assert_eq!(version, "3"),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
 }
 
 #[test]
@@ -461,16 +502,30 @@ fn malformed_line_is_corrupt() {
     let meta = format!(
         "{{\"entity_seed\":\"{seed}\",\"event_seed\":\"{seed}\",\"entities\":1,\"events\":0}}"
     );
+    let id = "0".repeat(32);
+    let digest = "ab".repeat(32);
     let cases = [
-        ("{\"k\":\"a\",\"spec\":1}", "line 3"),
+        (format!("{{\"id\":\"{id}\",\"spec\":1}}"), "line 3"),
         (
-            "{\"k\":\"a\",\"fingerprint\":\"xyz\",\"spec\":1,\"forwarded_at_ms\":2}",
+            format!("{{\"id\":\"{id}\",\"fingerprint\":\"xyz\",\"spec\":1,\"forwarded_at_ms\":2}}"),
             "fingerprint",
         ),
-        ("not json", "line 3"),
+        (
+            format!(
+                "{{\"id\":\"a\",\"fingerprint\":\"{digest}\",\"spec\":1,\"forwarded_at_ms\":2}}"
+            ),
+            "key id",
+        ),
+        (
+            format!(
+                "{{\"k\":\"a\",\"fingerprint\":\"{digest}\",\"spec\":1,\"forwarded_at_ms\":2}}"
+            ),
+            "line 3",
+        ),
+        ("not json".to_owned(), "line 3"),
     ];
     for (line, expected) in cases {
-        write_with_trailer(&path, &format!("ekko-snapshot 1\n{meta}\n{line}\n"));
+        write_with_trailer(&path, &format!("ekko-snapshot 2\n{meta}\n{line}\n"));
         let reason = corrupt_reason(&path);
         assert!(reason.contains(expected), "{line}: {reason}");
     }
@@ -482,11 +537,17 @@ fn handmade_snapshot_loads() {
     let path = snapshot_path(&dir);
     let seed = "0".repeat(64);
     let digest = "ab".repeat(32);
+    // A key id is the first 16 bytes of the key's blake3 hash keyed with the table's seed.
+    let id = |key: &str| {
+        let hash = blake3::keyed_hash(&[0; 32], key.as_bytes());
+        hash.to_hex()[..32].to_owned()
+    };
+    let (entity, event) = (id("hr/person/1"), id("hr\0e-1"));
     let body = format!(
-        "ekko-snapshot 1\n\
+        "ekko-snapshot 2\n\
          {{\"entity_seed\":\"{seed}\",\"event_seed\":\"{seed}\",\"entities\":1,\"events\":1}}\n\
-         {{\"k\":\"hr/person/1\",\"fingerprint\":\"{digest}\",\"spec\":3,\"forwarded_at_ms\":4}}\n\
-         {{\"k\":\"hr\\u0000e-1\",\"seen_at_ms\":5}}\n"
+         {{\"id\":\"{entity}\",\"fingerprint\":\"{digest}\",\"spec\":3,\"forwarded_at_ms\":4}}\n\
+         {{\"id\":\"{event}\",\"seen_at_ms\":5}}\n"
     );
     write_with_trailer(&path, &body);
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use held::HeldWriter;
 pub use hops::{carried_hops, stamp, stamp_structured, trace_id, HOPS_HEADER};
-pub use penalty::{decay, short, GuardRecord, Step, Transition};
+pub use penalty::{decay, short, GuardRecord, Prior, Step, Transition};
 pub use quarantine::{backoff_ms, HeldNotification, Quarantine, Reason};
 pub use snapshot::{guard_path, held_path, GuardSnapshotError};
 
@@ -57,6 +57,8 @@ pub struct Detection<'a> {
     pub reason: Reason,
     /// The `source` of the notification that tripped the guard.
     pub source: Option<&'a str>,
+    /// The entity's last forwarded state, which seeds its damping record if it has none.
+    pub prior: Option<Prior>,
 }
 
 /// Causal chain count for one (trace id, entity) pair.
@@ -139,27 +141,43 @@ impl LoopGuard {
             .map_or(0, |count| count.forwards)
     }
 
-    /// Returns whether forwarding `state` now would push the entity's penalty above `suppress_above`.
-    pub fn would_trip(&self, key: &str, state: u64, now_ms: u64, config: &LoopGuardConfig) -> bool {
-        let record = self.records.peek(key).unwrap_or_default();
+    /// Returns whether forwarding `state` now would push the entity's penalty above
+    /// `suppress_above`. `prior` is the entity's last forwarded state, from its
+    /// fingerprint record; it stands in for the damping record when there is none.
+    pub fn would_trip(
+        &self,
+        key: &str,
+        prior: Option<Prior>,
+        state: u64,
+        now_ms: u64,
+        config: &LoopGuardConfig,
+    ) -> bool {
+        let record = self.records.peek(key);
+        let record = record.or_else(|| prior.map(GuardRecord::seeded));
+        let record = record.unwrap_or_default();
         record.penalty_after(state, now_ms, config) > config.suppress_above
     }
 
     /// Records a forward that the upstream accepted: the state joins the history with its
     /// penalty, and the trace's forward count grows.
+    ///
+    /// `prior` is the entity's fingerprint record as it was before this forward. Without a
+    /// damping record, the entity's first state creates none, because its fingerprint
+    /// record carries it, and the second distinct state creates one whose history starts
+    /// with `prior`.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
         key: &str,
         state: Option<u64>,
+        prior: Option<Prior>,
         source: Option<&str>,
         trace: Option<&str>,
         now_ms: u64,
         config: &LoopGuardConfig,
     ) {
         if let Some(state) = state {
-            let mut record = self.records.get(key).unwrap_or_default();
-            record.observe(state, source, now_ms, config);
-            self.records.insert(key, record);
+            self.observe_forward(key, state, prior, source, now_ms, config);
         }
         if let Some(trace) = trace {
             let trace_key = trace_key(trace, key);
@@ -177,6 +195,28 @@ impl LoopGuard {
         }
     }
 
+    /// Adds a forwarded `state` to the entity's damping record, creating the record only
+    /// when `prior` shows a second distinct state.
+    fn observe_forward(
+        &self,
+        key: &str,
+        state: u64,
+        prior: Option<Prior>,
+        source: Option<&str>,
+        now_ms: u64,
+        config: &LoopGuardConfig,
+    ) {
+        let record = match (self.records.get(key), prior) {
+            (Some(record), _) => record,
+            (None, Some(prior)) if prior.state != state => GuardRecord::seeded(prior),
+            // The first state, or the same one again: the fingerprint record carries it.
+            (None, _) => return,
+        };
+        let mut record = record;
+        record.observe(state, source, now_ms, config);
+        self.records.insert(key, record);
+    }
+
     /// Quarantines an entity and keeps its notification for release. Returns false, holding nothing,
     /// when `max_quarantined` entities are quarantined already: the caller forwards instead.
     pub fn enter(
@@ -191,8 +231,12 @@ impl LoopGuard {
             route,
             reason,
             source,
+            prior,
         } = detection;
-        let mut record = self.records.get(key).unwrap_or_default();
+        let record = self.records.get(key);
+        let mut record = record
+            .or_else(|| prior.map(GuardRecord::seeded))
+            .unwrap_or_default();
         let state = held.fingerprint.as_ref().map(short);
         match (reason, state) {
             (Reason::Oscillation, Some(state)) => {
@@ -359,15 +403,54 @@ mod tests {
     fn trace_count_restarts_after_window() {
         let guard = LoopGuard::new(&state_config());
         let config = LoopGuardConfig::default();
-        guard.commit("p/1", None, None, Some("t"), 0, &config);
-        guard.commit("p/1", None, None, Some("t"), 1000, &config);
+        guard.commit("p/1", None, None, None, Some("t"), 0, &config);
+        guard.commit("p/1", None, None, None, Some("t"), 1000, &config);
 
         assert_eq!(guard.trace_forwards("t", "p/1", 2000), 2);
         assert_eq!(guard.trace_forwards("t", "p/2", 2000), 0);
         assert_eq!(guard.trace_forwards("t", "p/1", TRACE_WINDOW_MS), 0);
 
-        guard.commit("p/1", None, None, Some("t"), TRACE_WINDOW_MS, &config);
+        guard.commit("p/1", None, None, None, Some("t"), TRACE_WINDOW_MS, &config);
         assert_eq!(guard.trace_forwards("t", "p/1", TRACE_WINDOW_MS + 1), 1);
+    }
+
+    #[test]
+    fn first_state_creates_no_record() {
+        let guard = LoopGuard::new(&state_config());
+        let config = LoopGuardConfig::default();
+        guard.commit("p/1", Some(1), None, Some("hr"), None, 10, &config);
+        assert_eq!(guard.record("p/1"), None);
+
+        let same = Prior {
+            state: 1,
+            at_ms: 10,
+        };
+        guard.commit("p/1", Some(1), Some(same), Some("hr"), None, 20, &config);
+        assert_eq!(guard.record("p/1"), None);
+    }
+
+    #[test]
+    fn second_state_matches_full_history() {
+        let guard = LoopGuard::new(&state_config());
+        let config = LoopGuardConfig {
+            suppress_above: 0.5,
+            ..LoopGuardConfig::default()
+        };
+        let mut full = GuardRecord::default();
+        full.observe(1, None, 10, &config);
+        let prior = Prior {
+            state: 1,
+            at_ms: 10,
+        };
+
+        let trips = full.penalty_after(2, 20, &config) > config.suppress_above;
+        assert!(trips, "a change costs more than suppress_above");
+        assert_eq!(guard.would_trip("p/1", Some(prior), 2, 20, &config), trips);
+        assert!(!guard.would_trip("p/1", None, 2, 20, &config));
+
+        full.observe(2, Some("iga"), 20, &config);
+        guard.commit("p/1", Some(2), Some(prior), Some("iga"), None, 20, &config);
+        assert_eq!(guard.record("p/1"), Some(full));
     }
 
     #[test]

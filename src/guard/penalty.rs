@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::notify::fingerprint::Fingerprint;
 use crate::policy::LoopGuardConfig;
+use crate::state::EntityRecord;
 
 /// One transition to a new state, as kept in an entity's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,29 @@ pub struct GuardRecord {
     pub updated_ms: u64,
     /// Recent distinct states, oldest first; the last one is the current state.
     pub history: VecDeque<Transition>,
+}
+
+/// The state that an entity's fingerprint record held before the current notification.
+///
+/// An entity that had one distinct forwarded state has no damping record, because a
+/// history of one state carries nothing that its fingerprint record does not. Such a
+/// record is built from this state when the second distinct state arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prior {
+    /// Short form of the fingerprint, see [`short`].
+    pub state: u64,
+    /// When the state was forwarded, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl Prior {
+    /// Returns the prior state that `record` holds.
+    pub fn from_record(record: &EntityRecord) -> Self {
+        Self {
+            state: short(&record.fingerprint),
+            at_ms: record.forwarded_at_ms,
+        }
+    }
 }
 
 /// Relation of a new state to the entity's recent states.
@@ -63,6 +87,20 @@ pub fn decay(penalty: f64, elapsed_ms: u64, half_life_ms: u64) -> f64 {
 }
 
 impl GuardRecord {
+    /// Returns the record that observing only `prior` would have built: no penalty, and a
+    /// history of that one state. The state's `source` is not known, so it is `None`.
+    pub fn seeded(prior: Prior) -> Self {
+        Self {
+            penalty: 0.0,
+            updated_ms: prior.at_ms,
+            history: VecDeque::from([Transition {
+                state: prior.state,
+                at_ms: prior.at_ms,
+                source: None,
+            }]),
+        }
+    }
+
     /// Returns the penalty at `now_ms`.
     pub fn penalty_at(&self, now_ms: u64, config: &LoopGuardConfig) -> f64 {
         decay(

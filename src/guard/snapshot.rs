@@ -5,13 +5,17 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{AuditEntry, GuardRecord, LoopGuard, Quarantine, TraceCount};
+use crate::state::{BoundedTable, KeyId};
 
-const GUARD_HEADER: &str = "ekko-guard-snapshot 1";
+/// First line of the `.guard` file. Version 2 names entities and traces by the key ids of
+/// the tables and stores the tables' seeds; version 1 stored the keys.
+const GUARD_HEADER: &str = "ekko-guard-snapshot 2";
 const HELD_HEADER: &str = "ekko-held-snapshot 1";
 
 /// Why the guard snapshot could not be read or written.
@@ -20,7 +24,18 @@ pub enum GuardSnapshotError {
     /// No file at the path.
     #[error("guard snapshot {0} does not exist")]
     Missing(PathBuf),
-    /// The file is not a complete guard snapshot of this version.
+    /// The file has another format version, such as a `.guard` file of version 1, which
+    /// stored keys where version 2 stores key ids.
+    #[error("guard snapshot {path} has format version {version}, but this ekko reads only `{expected}`; it starts without what the file contains, and the next save replaces the file")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version on the file's first line, cut to 32 characters.
+        version: String,
+        /// The first line this ekko reads.
+        expected: &'static str,
+    },
+    /// The file is not a complete guard snapshot.
     #[error(
         "guard snapshot {path} is unusable: {reason}; delete it to start with an empty loop guard"
     )]
@@ -45,9 +60,13 @@ pub enum GuardSnapshotError {
 #[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Contents {
-    records: Vec<(String, GuardRecord)>,
-    traces: Vec<(String, TraceCount)>,
-    audit: Vec<(String, VecDeque<AuditEntry>)>,
+    /// Seeds of the three tables, 64 hex digits each, so a load derives the same key ids.
+    records_seed: String,
+    traces_seed: String,
+    audit_seed: String,
+    records: Vec<(KeyId, GuardRecord)>,
+    traces: Vec<(KeyId, TraceCount)>,
+    audit: Vec<(KeyId, VecDeque<AuditEntry>)>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -72,30 +91,49 @@ pub fn guard_path(state_snapshot: &Path) -> PathBuf {
 
 impl LoopGuard {
     /// Writes damping records, trace counts and audit rings to `path` through a temporary
-    /// file and rename, with mode 0600; returns the number of damping records.
+    /// file and rename, with mode 0600; returns the number of damping records. Entries
+    /// are named by key id with each table's seed, see [`KeyId`].
     pub fn save(&self, path: &Path) -> Result<usize, GuardSnapshotError> {
         let contents = Contents {
-            records: entries(self.records.entries()),
-            traces: entries(self.traces.entries()),
-            audit: entries(self.audit.entries()),
+            records_seed: hex(&self.records.seed()),
+            traces_seed: hex(&self.traces.seed()),
+            audit_seed: hex(&self.audit.seed()),
+            records: self.records.entries(),
+            traces: self.traces.entries(),
+            audit: self.audit.entries(),
         };
         write_checksummed(path, GUARD_HEADER, &contents)?;
         Ok(contents.records.len())
     }
 
-    /// Reads a guard snapshot into this (empty) guard; returns the number of damping records.
-    pub fn load(&self, path: &Path) -> Result<usize, GuardSnapshotError> {
+    /// Replaces this guard's damping records, trace counts and audit rings with those of
+    /// the guard snapshot at `path`, keeping this guard's bounds. Returns the number of
+    /// damping records in the file.
+    ///
+    /// # Errors
+    ///
+    /// `Missing` when there is no file, `UnsupportedVersion` for a file of another format
+    /// version, `Corrupt` for a damaged file and `Io` when it cannot be read. The guard
+    /// then stays as it was.
+    pub fn load(&mut self, path: &Path) -> Result<usize, GuardSnapshotError> {
         let contents: Contents = read_checksummed(path, GUARD_HEADER)?;
-        let count = contents.records.len();
-        for (key, record) in contents.records {
-            self.records.insert(&key, record);
-        }
-        for (key, trace) in contents.traces {
-            self.traces.insert(&key, trace);
-        }
-        for (key, ring) in contents.audit {
-            self.audit.insert(&key, ring);
-        }
+        let seed = |text: &str| {
+            parse_hex32(text).ok_or_else(|| GuardSnapshotError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("table seed {text:?} is not 64 hex digits"),
+            })
+        };
+        let records = restore(
+            &self.records,
+            seed(&contents.records_seed)?,
+            contents.records,
+        );
+        let traces = restore(&self.traces, seed(&contents.traces_seed)?, contents.traces);
+        let audit = restore(&self.audit, seed(&contents.audit_seed)?, contents.audit);
+        let count = records.1;
+        self.records = records.0;
+        self.traces = traces.0;
+        self.audit = audit.0;
         Ok(count)
     }
 
@@ -136,8 +174,30 @@ fn write_checksummed(
     written
 }
 
-fn entries<V>(list: Vec<(Box<str>, V)>) -> Vec<(String, V)> {
-    list.into_iter().map(|(k, v)| (k.into(), v)).collect()
+/// Builds a table with the bound of `like` and the saved `seed`, holding `entries`; returns
+/// it with the number of entries read.
+fn restore<V: Clone>(
+    like: &BoundedTable<V>,
+    seed: [u8; 32],
+    entries: Vec<(KeyId, V)>,
+) -> (BoundedTable<V>, usize) {
+    let bound = NonZeroUsize::new(like.capacity()).unwrap_or(NonZeroUsize::MIN);
+    let table = BoundedTable::with_seed(bound, seed);
+    let count = entries.len();
+    for (id, value) in entries {
+        table.insert_id(id, value);
+    }
+    (table, count)
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    blake3::Hash::from_bytes(*bytes).to_hex().to_string()
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    blake3::Hash::from_hex(text)
+        .ok()
+        .map(|hash| *hash.as_bytes())
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), GuardSnapshotError> {
@@ -153,7 +213,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), GuardSnapshotError> {
 
 fn read_checksummed<T: serde::de::DeserializeOwned>(
     path: &Path,
-    header: &str,
+    header: &'static str,
 ) -> Result<T, GuardSnapshotError> {
     let file = File::open(path).map_err(|error| match error.kind() {
         io::ErrorKind::NotFound => GuardSnapshotError::Missing(path.to_owned()),
@@ -165,8 +225,19 @@ fn read_checksummed<T: serde::de::DeserializeOwned>(
     };
     let mut lines = BufReader::new(file).lines();
     let mut next = || lines.next().transpose().map_err(io_error(path, "read"));
-    if next()?.as_deref() != Some(header) {
-        return Err(corrupt(&format!("the first line is not `{header}`")));
+    let first = next()?.unwrap_or_default();
+    if first != header {
+        let (magic, _) = header.rsplit_once(' ').expect("header has a version");
+        return Err(
+            match first.strip_prefix(magic).and_then(|v| v.strip_prefix(' ')) {
+                Some(version) => GuardSnapshotError::UnsupportedVersion {
+                    path: path.to_owned(),
+                    version: version.chars().take(32).collect(),
+                    expected: header,
+                },
+                None => corrupt(&format!("the first line is not `{header}`")),
+            },
+        );
     }
     let json = next()?.ok_or_else(|| corrupt("the file ends after its header"))?;
     let trailer = next()?.ok_or_else(|| corrupt("the checksum line is missing"))?;
@@ -226,19 +297,20 @@ mod tests {
         let path = guard_path(&dir.path().join("state"));
         let guard = LoopGuard::new(&state_config());
         let config = LoopGuardConfig::default();
-        guard.commit("a", Some(5), Some("hr"), Some("t1"), 10, &config);
+        guard.commit("a", Some(5), None, Some("hr"), Some("t1"), 10, &config);
         let detection = crate::guard::Detection {
             key: "a",
             route: "hr",
             reason: Reason::Oscillation,
             source: Some("iga"),
+            prior: None,
         };
         assert!(guard.enter(detection, held(), 20, &config));
 
         let held = held_path(&dir.path().join("state"));
         assert_eq!(guard.save(&path).unwrap(), 1);
         assert_eq!(guard.save_held(&held).unwrap(), 1);
-        let loaded = LoopGuard::new(&state_config());
+        let mut loaded = LoopGuard::new(&state_config());
         assert_eq!(loaded.load(&path).unwrap(), 1);
         assert_eq!(loaded.load_held(&held).unwrap(), 1);
 
@@ -263,6 +335,27 @@ mod tests {
             matches!(error, GuardSnapshotError::Corrupt { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn version_one_file_is_unsupported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.guard");
+        let json = r#"{"records":[],"traces":[],"audit":[]}"#;
+        let checksum = blake3::hash(json.as_bytes()).to_hex();
+        fs::write(
+            &path,
+            format!("ekko-guard-snapshot 1\n{json}\nblake3 {checksum}\n"),
+        )
+        .unwrap();
+
+        let error = LoopGuard::new(&state_config()).load(&path).unwrap_err();
+
+        assert!(
+            matches!(&error, GuardSnapshotError::UnsupportedVersion { version, .. } if version == "1"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("state.guard"), "{error}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::fingerprint::{compute, Fingerprint};
 use super::locks::{EntitySlot, OwnFetch, StateFetch};
 use super::route::Matched;
 use super::Gateway;
-use crate::guard::Reason;
+use crate::guard::{Prior, Reason};
 use crate::metrics::{ReasonLabels, ResultLabels};
 use crate::policy::template::PathError;
 use crate::policy::FingerprintSource;
@@ -71,6 +71,9 @@ pub struct Verdict {
     pub trace: Option<String>,
     /// The notification's `source`.
     pub source: Option<String>,
+    /// The entity's fingerprint record before this notification, for the loop guard,
+    /// which has no damping record for an entity with one forwarded state.
+    pub prior: Option<Prior>,
     /// On a shadow route: the hold that enforce mode would have made.
     pub would_hold: Option<Reason>,
     /// ekko's own fetch of the entity, stored in the lookup cache when this is forwarded.
@@ -119,6 +122,7 @@ impl Gateway {
                     hops: 0,
                     trace: None,
                     source: event.source.clone(),
+                    prior: None,
                     would_hold: None,
                     own_fetch: None,
                 };
@@ -127,9 +131,14 @@ impl Gateway {
 
         let fingerprint = self.fingerprint(matched, event, arrived, slot).await;
         let own_fetch = slot.own_fetch.take();
-        let last = match pending.fingerprints.get(&key) {
+        let pending_fingerprint = pending.fingerprints.get(&key);
+        let stored = match pending_fingerprint {
+            Some(_) => self.state.entities.peek(&key),
+            None => self.state.entity(&key),
+        };
+        let last = match pending_fingerprint {
             Some(fingerprint) => Some((*fingerprint, matched.route.spec)),
-            None => self.state.entity(&key).map(|r| (r.fingerprint, r.spec)),
+            None => stored.as_ref().map(|r| (r.fingerprint, r.spec)),
         };
         let unchanged = matches!((fingerprint, last), (Some(now), Some((before, spec)))
             if now == before && spec == matched.route.spec);
@@ -145,6 +154,7 @@ impl Gateway {
             hops: 0,
             trace: None,
             source: event.source.clone(),
+            prior: stored.as_ref().map(Prior::from_record),
             would_hold: None,
             own_fetch,
         }

@@ -245,6 +245,14 @@ impl Gateway {
 
     /// Records a forwarded verdict as the entity's last forwarded state.
     fn commit(&self, matched: &Matched<'_>, verdict: &Verdict, now_ms: u64) {
+        let config = &matched.route.route.loop_guard;
+        // Read before the commit below replaces it: the loop guard builds an entity's
+        // damping record from this state when the entity reaches its second state.
+        let prior = if config.enabled {
+            self.state.entities.peek(&verdict.key)
+        } else {
+            None
+        };
         if let Some(fingerprint) = verdict.fingerprint {
             let record = EntityRecord {
                 fingerprint,
@@ -261,12 +269,12 @@ impl Gateway {
         if let Some(event_key) = &verdict.event_key {
             self.state.record_event(event_key, now_ms);
         }
-        let config = &matched.route.route.loop_guard;
         if config.enabled {
             let state = verdict.fingerprint.as_ref().map(crate::guard::short);
             self.guard.commit(
                 &verdict.key,
                 state,
+                prior.as_ref().map(crate::guard::Prior::from_record),
                 verdict.source.as_deref(),
                 verdict.trace.as_deref(),
                 now_ms,

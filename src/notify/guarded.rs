@@ -92,9 +92,13 @@ impl Gateway {
         } else {
             match verdict.fingerprint {
                 Some(fingerprint)
-                    if self
-                        .guard
-                        .would_trip(&verdict.key, short(&fingerprint), now, config) =>
+                    if self.guard.would_trip(
+                        &verdict.key,
+                        verdict.prior,
+                        short(&fingerprint),
+                        now,
+                        config,
+                    ) =>
                 {
                     Reason::Oscillation
                 }
@@ -110,6 +114,7 @@ impl Gateway {
             route: &route.name,
             reason,
             source: verdict.source.as_deref(),
+            prior: verdict.prior,
         };
         if !self.guard.enter(detection, held(verdict), now, config) {
             tracing::warn!(route = %route.name, entity = %verdict.key, "quarantine table full (state.max_quarantined); forwarding the loop");

@@ -4,7 +4,7 @@ mod snapshot;
 mod table;
 
 pub use snapshot::{SnapshotError, SnapshotStats};
-pub use table::BoundedTable;
+pub use table::{BoundedTable, KeyId, MalformedKeyId};
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -79,8 +79,9 @@ impl StateStore {
     /// Writes both tables to the snapshot file at `path`, replacing it atomically.
     ///
     /// The file is written as `<path>.tmp-<pid>` with mode 0600, fsynced, renamed over
-    /// `path`, and the directory is fsynced. Keys longer than 64 KiB are left out. This
-    /// blocks on file I/O, so async code should call it through `spawn_blocking`.
+    /// `path`, and the directory is fsynced. Records name their keys by key id, see
+    /// [`KeyId`]. This blocks on file I/O, so async code should call it through
+    /// `spawn_blocking`.
     ///
     /// # Errors
     ///
@@ -97,9 +98,10 @@ impl StateStore {
     ///
     /// # Errors
     ///
-    /// `SnapshotError::Missing` when the file does not exist. `SnapshotError::Corrupt`
-    /// when the header, version, a line or the checksum is wrong or the file is
-    /// truncated. `SnapshotError::Io` when the file cannot be read. In every case the
+    /// `SnapshotError::Missing` when the file does not exist.
+    /// `SnapshotError::UnsupportedVersion` for a snapshot of another format version, such
+    /// as version 1 from an older ekko. `SnapshotError::Corrupt` when the header, a line or
+    /// the checksum is wrong or the file is truncated. `SnapshotError::Io` when the file cannot be read. In every case the
     /// caller can start with an empty store.
     pub fn load(
         path: &Path,

@@ -1,19 +1,24 @@
 //! Snapshot file: checksummed, written through a temporary file and rename.
 //!
-//! Format version 1 is UTF-8 text with one record per line:
+//! Format version 2 is UTF-8 text with one record per line:
 //!
 //! ```text
-//! ekko-snapshot 1
+//! ekko-snapshot 2
 //! {"entity_seed":"<64 hex>","event_seed":"<64 hex>","entities":2,"events":1}
-//! {"k":"hr/person/1","fingerprint":"<64 hex>","spec":7,"forwarded_at_ms":1700000000000}
-//! {"k":"hr/person/2","fingerprint":"<64 hex>","spec":7,"forwarded_at_ms":1700000000500}
-//! {"k":"hr\u0000e-1","seen_at_ms":1700000000900}
+//! {"id":"<32 hex>","fingerprint":"<64 hex>","spec":7,"forwarded_at_ms":1700000000000}
+//! {"id":"<32 hex>","fingerprint":"<64 hex>","spec":7,"forwarded_at_ms":1700000000500}
+//! {"id":"<32 hex>","seen_at_ms":1700000000900}
 //! blake3 <64 hex>
 //! ```
 //!
-//! The second line gives the shard seeds and the length of the two sections that follow:
-//! entity records, then event ids, each from least to most recently used. The trailer is
-//! the blake3 digest of every byte before it.
+//! The second line gives the tables' seeds and the length of the two sections that
+//! follow: entity records, then event ids, each from least to most recently used. A
+//! record names its key by the key's [`KeyId`] under the seed of its table, so a table
+//! loaded with the same seed finds each record under its key again. The trailer is the
+//! blake3 digest of every byte before it.
+//!
+//! Version 1 stored the keys themselves. This version does not read it: a version 1 file
+//! is reported as [`SnapshotError::UnsupportedVersion`], and ekko starts empty.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
@@ -24,22 +29,21 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::table::{BoundedTable, ShardSeed};
+use super::table::{BoundedTable, KeyId, ShardSeed};
 use super::EntityRecord;
 use crate::notify::fingerprint::Fingerprint;
 
 /// First line of every snapshot: the magic word and the format version.
-const HEADER: &str = "ekko-snapshot 1";
+const HEADER: &str = "ekko-snapshot 2";
+
+/// Start of the first line, before the format version.
+const HEADER_PREFIX: &str = "ekko-snapshot ";
 
 /// Prefix of the last line, which carries the checksum.
 const TRAILER_PREFIX: &str = "blake3 ";
 
 /// Maximum length of one line, so a damaged file cannot make the reader buffer gigabytes.
 const MAX_LINE_BYTES: usize = 1 << 20;
-
-/// Maximum key length that is written. JSON escaping grows a key at most sixfold, so its
-/// line stays below `MAX_LINE_BYTES`.
-const MAX_KEY_BYTES: usize = 64 << 10;
 
 /// Serializes saves within the process, because they share the temporary file name.
 static SAVE_LOCK: Mutex<()> = Mutex::new(());
@@ -63,7 +67,16 @@ pub enum SnapshotError {
         /// The snapshot path.
         path: PathBuf,
     },
-    /// The file is not a complete, intact snapshot of a supported version.
+    /// The file is a snapshot of another format version, such as version 1, which
+    /// stored keys where this version stores key ids.
+    #[error("snapshot {} has format version {version}, but this ekko reads only format version 2; ekko starts with empty state, and the next save replaces the file", path.display())]
+    UnsupportedVersion {
+        /// The snapshot path.
+        path: PathBuf,
+        /// The version on the file's first line, cut to 32 characters.
+        version: String,
+    },
+    /// The file is not a complete, intact snapshot.
     #[error("snapshot {} is corrupt: {reason}; delete it or replace it with an intact copy", path.display())]
     Corrupt {
         /// The snapshot path.
@@ -100,7 +113,7 @@ struct Meta<'a> {
 #[serde(deny_unknown_fields)]
 struct EntityLine<'a> {
     #[serde(borrow)]
-    k: Cow<'a, str>,
+    id: Cow<'a, str>,
     #[serde(borrow)]
     fingerprint: Cow<'a, str>,
     spec: u64,
@@ -112,23 +125,23 @@ struct EntityLine<'a> {
 #[serde(deny_unknown_fields)]
 struct EventLine<'a> {
     #[serde(borrow)]
-    k: Cow<'a, str>,
+    id: Cow<'a, str>,
     seen_at_ms: u64,
 }
 
 /// Writes both tables to `path` through `<path>.tmp-<pid>`, fsyncs the file, renames it
 /// over `path` and fsyncs the directory. The file gets mode 0600 on Unix.
 ///
-/// Keys longer than 64 KiB are left out and logged. On error the temporary file is
-/// removed and any earlier snapshot at `path` stays as it was.
+/// On error the temporary file is removed and any earlier snapshot at `path` stays as it
+/// was.
 pub(crate) fn write(
     path: &Path,
     entities: &BoundedTable<EntityRecord>,
     events: &BoundedTable<u64>,
 ) -> Result<SnapshotStats, SnapshotError> {
     let _save = SAVE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let entity_entries = writable_entries(entities.entries(), "entity");
-    let event_entries = writable_entries(events.entries(), "event");
+    let entity_entries = entities.entries();
+    let event_entries = events.entries();
     let meta = Meta {
         entity_seed: hex(&entities.seed()).into(),
         event_seed: hex(&events.seed()).into(),
@@ -176,28 +189,12 @@ pub(crate) fn read(
     Ok((entities, events, stats))
 }
 
-/// Drops entries whose key is too long for the reader's line limit, and logs how many.
-fn writable_entries<V>(mut entries: Vec<(Box<str>, V)>, kind: &str) -> Vec<(Box<str>, V)> {
-    let before = entries.len();
-    entries.retain(|(key, _)| key.len() <= MAX_KEY_BYTES);
-    let skipped = before - entries.len();
-    if skipped > 0 {
-        tracing::warn!(
-            kind,
-            skipped,
-            max_key_bytes = MAX_KEY_BYTES,
-            "snapshot leaves out keys that are too long; those entries start unknown after a reload"
-        );
-    }
-    entries
-}
-
 /// Creates the temporary file, writes every line and the trailer, and fsyncs it.
 fn write_temp(
     temp: &Path,
     meta: &Meta<'_>,
-    entities: &[(Box<str>, EntityRecord)],
-    events: &[(Box<str>, u64)],
+    entities: &[(KeyId, EntityRecord)],
+    events: &[(KeyId, u64)],
 ) -> Result<(), SnapshotError> {
     match fs::remove_file(temp) {
         Ok(()) => {}
@@ -224,23 +221,23 @@ fn write_temp(
 fn write_body(
     out: &mut impl Write,
     meta: &Meta<'_>,
-    entities: &[(Box<str>, EntityRecord)],
-    events: &[(Box<str>, u64)],
+    entities: &[(KeyId, EntityRecord)],
+    events: &[(KeyId, u64)],
 ) -> io::Result<()> {
     writeln!(out, "{HEADER}")?;
     write_line(out, meta)?;
-    for (key, record) in entities {
+    for (id, record) in entities {
         let line = EntityLine {
-            k: Cow::Borrowed(key),
+            id: id.to_string().into(),
             fingerprint: record.fingerprint.to_hex().into(),
             spec: record.spec,
             forwarded_at_ms: record.forwarded_at_ms,
         };
         write_line(out, &line)?;
     }
-    for (key, seen_at_ms) in events {
+    for (id, seen_at_ms) in events {
         let line = EventLine {
-            k: Cow::Borrowed(key),
+            id: id.to_string().into(),
             seen_at_ms: *seen_at_ms,
         };
         write_line(out, &line)?;
@@ -299,14 +296,15 @@ impl<'p, R: BufRead> LineReader<'p, R> {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&self.line);
-        let reason = match text.strip_prefix("ekko-snapshot ") {
-            Some(version) => format!(
-                "unsupported format version {:?}; this ekko reads version 1",
-                truncate(version, 32)
-            ),
-            None => format!("line 1 is not the header {HEADER:?}, so this is not an ekko snapshot"),
-        };
-        Err(self.corrupt(reason))
+        match text.strip_prefix(HEADER_PREFIX) {
+            Some(version) => Err(SnapshotError::UnsupportedVersion {
+                path: self.path.into(),
+                version: truncate(version, 32),
+            }),
+            None => Err(self.corrupt(format!(
+                "line 1 is not the header {HEADER:?}, so this is not an ekko snapshot"
+            ))),
+        }
     }
 
     /// Reads the seeds and the section lengths.
@@ -338,6 +336,7 @@ impl<'p, R: BufRead> LineReader<'p, R> {
         for index in 0..count {
             self.next_line(true)?;
             let line: EntityLine<'_> = self.parse_line("entity record")?;
+            let id = self.parse_id(&line.id)?;
             let Some(digest) = parse_hex32(&line.fingerprint) else {
                 let reason = format!(
                     "line {}: fingerprint is not 64 hex digits",
@@ -351,7 +350,7 @@ impl<'p, R: BufRead> LineReader<'p, R> {
                     spec: line.spec,
                     forwarded_at_ms: line.forwarded_at_ms,
                 };
-                table.insert(&line.k, record);
+                table.insert_id(id, record);
             }
         }
         Ok(())
@@ -367,8 +366,9 @@ impl<'p, R: BufRead> LineReader<'p, R> {
         for index in 0..count {
             self.next_line(true)?;
             let line: EventLine<'_> = self.parse_line("event record")?;
+            let id = self.parse_id(&line.id)?;
             if index >= skip {
-                table.insert(&line.k, line.seen_at_ms);
+                table.insert_id(id, line.seen_at_ms);
             }
         }
         Ok(())
@@ -442,6 +442,15 @@ impl<'p, R: BufRead> LineReader<'p, R> {
         serde_json::from_slice(&self.line).map_err(|error| {
             self.corrupt(format!(
                 "line {}: invalid {record_kind}: {error}",
+                self.line_number
+            ))
+        })
+    }
+
+    fn parse_id(&self, text: &str) -> Result<KeyId, SnapshotError> {
+        text.parse().map_err(|_| {
+            self.corrupt(format!(
+                "line {}: key id is not 32 hex digits",
                 self.line_number
             ))
         })
