@@ -102,6 +102,38 @@ fn replacing_key_evicts_nothing() {
 }
 
 #[test]
+fn update_changes_in_place_and_evicts() {
+    let table = BoundedTable::new(bound(1));
+    let (seen, evicted) = table.update(
+        "a",
+        || vec![1],
+        |v| {
+            v.push(2);
+            v.len()
+        },
+    );
+    assert_eq!(
+        (seen, evicted),
+        (2, false),
+        "a missing key starts from `fresh`"
+    );
+    let (seen, evicted) = table.update("a", Vec::new, |v| {
+        v.push(3);
+        v.len()
+    });
+    assert_eq!(
+        (seen, evicted),
+        (3, false),
+        "an existing value is changed, not replaced"
+    );
+    assert_eq!(table.get("a"), Some(vec![1, 2, 3]));
+    let (_, evicted) = table.update("b", Vec::new, |v| v.push(9));
+    assert!(evicted, "a new key in a full table evicts the oldest");
+    assert_eq!(table.get("a"), None);
+    assert_eq!(table.get("b"), Some(vec![9]));
+}
+
+#[test]
 fn recently_read_entries_survive() {
     // Two entries per shard, so every insert into the hot key's shard must choose between
     // the hot key and an older one.

@@ -364,12 +364,12 @@ impl LoopGuard {
 
     /// Appends a decision to the entity's audit ring.
     pub fn audit(&self, key: &str, entry: AuditEntry) {
-        let mut ring = self.audit.get(key).unwrap_or_default();
-        ring.push_back(entry);
-        while ring.len() > AUDIT_ENTRIES {
-            ring.pop_front();
-        }
-        self.audit.insert(key, ring);
+        self.audit.update(key, VecDeque::new, |ring| {
+            if ring.len() >= AUDIT_ENTRIES {
+                ring.pop_front();
+            }
+            ring.push_back(entry);
+        });
     }
 
     /// Returns the entity's recent decisions, oldest first.

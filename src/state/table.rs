@@ -408,6 +408,32 @@ impl<V: Clone> BoundedTable<V> {
         matches!(displaced, Some((_, true)))
     }
 
+    /// Changes the value for `key` in place and marks it as most recently used, inserting
+    /// `fresh()` first when the key has no entry. Returns `change`'s result and whether
+    /// another entry was evicted to make room.
+    ///
+    /// Unlike `get` followed by `insert`, the value is not copied, which matters for values
+    /// that own heap data. `fresh` and `change` run under the shard's lock, so keep them
+    /// short; a panic in them leaves the shard consistent.
+    pub fn update<R>(
+        &self,
+        key: &str,
+        fresh: impl FnOnce() -> V,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> (R, bool) {
+        let id = self.key_id(key);
+        let stamp = self.tick();
+        let mut shard = self.lock_shard(id);
+        if let Some(node) = shard.lookup(id, Some(stamp)) {
+            return (change(&mut node.value), false);
+        }
+        let evicted = matches!(shard.insert(id, fresh(), stamp), Some((_, true)));
+        let node = shard
+            .lookup(id, None)
+            .expect("the entry inserted under this lock is present");
+        (change(&mut node.value), evicted)
+    }
+
     /// Removes the entry for `key` and returns its value.
     pub fn remove(&self, key: &str) -> Option<V> {
         let id = self.key_id(key);
