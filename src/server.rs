@@ -188,9 +188,26 @@ async fn serve_public(
 ) {
     accept_loop(listener, stopped, grace, move |req, peer| {
         let gateway = live.gateway();
-        async move { gateway.handle(req, peer).await }
+        // Each request runs as its own task. A producer that disconnects while its
+        // notification is being forwarded drops only the handle, so the forward finishes
+        // and is committed; otherwise the upstream would have the change while ekko forgot
+        // it, and the next identical notification would be forwarded a second time.
+        let task = tokio::spawn(async move { gateway.handle(req, peer).await });
+        async move { task.await.unwrap_or_else(|error| task_failed(&error)) }
     })
     .await
+}
+
+/// Answers 500 for a request whose task panicked; the panic itself was already reported.
+fn task_failed(error: &tokio::task::JoinError) -> Response<Full<Bytes>> {
+    tracing::error!(%error, "request handling failed");
+    crate::notify::json_response(
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        &serde_json::json!({
+            "error": "internal",
+            "message": "ekko failed while handling this request; retry it, and report the error in ekko's log if it repeats",
+        }),
+    )
 }
 
 async fn serve_admin(

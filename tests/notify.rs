@@ -187,6 +187,36 @@ async fn slow_upstream_gives_504() {
     assert_eq!(answer.json()["error"], "upstream_timeout");
 }
 
+#[tokio::test(start_paused = true)]
+async fn producer_disconnect_still_commits_forward() {
+    let queue = MockServer::start(|_| Reply::Delay(Duration::from_secs(1), 200, "{}".into())).await;
+    let ekko = Ekko::start(&payload_policy(&queue.url())).await;
+    let body = cloudevent("e1", "1", person("Ada", "t1"));
+
+    // The producer gives up while the upstream is still answering.
+    let (client, url) = (HttpClient::default(), ekko.url("/events"));
+    let post = client.post(&url, CE_JSON, body);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), post)
+            .await
+            .is_err(),
+        "the upstream answers after one second"
+    );
+    harness::wait_until(|| queue.count() == 1, "the upstream received the forward").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let again = cloudevent("e2", "1", person("Ada", "t2"));
+    let answer = HttpClient::default()
+        .post(&ekko.url("/events"), CE_JSON, again)
+        .await;
+    assert_eq!(
+        answer.decision(),
+        "unchanged",
+        "the forward the upstream took was committed although its producer left"
+    );
+    assert_eq!(queue.count(), 1);
+}
+
 #[tokio::test]
 async fn hundred_concurrent_identical_notifications_forward_once() {
     let queue = MockServer::accepting().await;
