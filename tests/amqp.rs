@@ -601,3 +601,34 @@ fn reconnect_bounds_must_be_ordered() {
         "{found:?}"
     );
 }
+
+/// Each URL holds user information and a second problem that the check may find first.
+#[test]
+fn malformed_url_never_echoes_password() {
+    let urls = [
+        "amqp://ekko:s3cret-pass@127.0.0.1:5672/%2F?heartbeat=5",
+        "amqp://ekko:s3cret#pass@127.0.0.1:5672/%2F",
+        "amqp://ekko:s3cret/pass@127.0.0.1:5672/%2F",
+        "amqq://ekko:s3cret-pass@127.0.0.1:5672/%2F",
+    ];
+    for url in urls {
+        let text = amqp_policy("", "").replace("amqp://127.0.0.1:5672/%2F", url);
+        let found = problems(&text);
+        assert!(!found.is_empty(), "{url} was accepted");
+        assert!(
+            found.iter().all(|p| !p.contains("s3cret")),
+            "{url}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn unquoted_password_is_not_echoed() {
+    let text = amqp_policy("    username: ekko\n    password: 731946\n", "");
+    let found = problems(&text);
+    assert!(
+        found.iter().any(|p| p.contains("`password` must be")),
+        "{found:?}"
+    );
+    assert!(found.iter().all(|p| !p.contains("731946")), "{found:?}");
+}
