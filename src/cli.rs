@@ -115,9 +115,9 @@ fn init_logging(format: LogFormat, default_level: &str) {
     };
 }
 
-/// Drops lapin's trace events whatever `EKKO_LOG` says, because at trace level lapin 4
-/// prints every AMQP frame it sends: `connection.start-ok` carries the broker password
-/// (SASL PLAIN, as a list of bytes) and `basic.publish` the routing keys of producers.
+/// Drops lapin's trace events whatever filter `EKKO_LOG` sets, because at trace level lapin 4
+/// prints every AMQP frame it sends, and `connection.start-ok` carries the broker password
+/// (the SASL PLAIN response, as a list of bytes).
 fn without_frame_dumps() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
     filter_fn(|metadata| {
         !(metadata.target().starts_with("lapin") && *metadata.level() == Level::TRACE)

@@ -602,7 +602,7 @@ fn reconnect_bounds_must_be_ordered() {
     );
 }
 
-/// Each URL holds user information and a second problem that the check may find first.
+/// Each URL contains user information and a second problem that the check may find first.
 #[test]
 fn malformed_url_never_echoes_password() {
     let urls = [

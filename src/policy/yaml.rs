@@ -68,7 +68,7 @@ impl Scalar {
     }
 
     /// Describes a URL for an error message like [`Scalar::message_text`], with everything
-    /// between the scheme and the last `@` shown as `***`, because that part may hold a
+    /// between the scheme and the last `@` shown as `***`, because that part may contain a
     /// password, even in a URL too malformed to split into its parts.
     pub fn url_message_text(&self) -> String {
         if self.source.is_some() {
