@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, FilterFn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::notify::envelope::{self, Decoded};
 use crate::notify::fingerprint::compute;
@@ -102,9 +106,22 @@ fn init_logging(format: LogFormat, default_level: &str) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.finish().with(without_frame_dumps()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .finish()
+            .with(without_frame_dumps())
+            .try_init(),
     };
+}
+
+/// Drops lapin's trace events whatever filter `EKKO_LOG` sets, because at trace level lapin 4
+/// prints every AMQP frame it sends, and `connection.start-ok` carries the broker password
+/// (the SASL PLAIN response, as a list of bytes).
+fn without_frame_dumps() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(|metadata| {
+        !(metadata.target().starts_with("lapin") && *metadata.level() == Level::TRACE)
+    })
 }
 
 fn serve(path: &Path) -> ExitCode {

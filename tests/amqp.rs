@@ -601,3 +601,139 @@ fn reconnect_bounds_must_be_ordered() {
         "{found:?}"
     );
 }
+
+/// Each URL contains user information and a second problem that the check may find first.
+#[test]
+fn malformed_url_never_echoes_password() {
+    let urls = [
+        "amqp://ekko:s3cret-pass@127.0.0.1:5672/%2F?heartbeat=5",
+        "amqp://ekko:s3cret#pass@127.0.0.1:5672/%2F",
+        "amqp://ekko:s3cret/pass@127.0.0.1:5672/%2F",
+        "amqq://ekko:s3cret-pass@127.0.0.1:5672/%2F",
+    ];
+    for url in urls {
+        let text = amqp_policy("", "").replace("amqp://127.0.0.1:5672/%2F", url);
+        let found = problems(&text);
+        assert!(!found.is_empty(), "{url} was accepted");
+        assert!(
+            found.iter().all(|p| !p.contains("s3cret")),
+            "{url}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn unquoted_password_is_not_echoed() {
+    let text = amqp_policy("    username: ekko\n    password: 731946\n", "");
+    let found = problems(&text);
+    assert!(
+        found.iter().any(|p| p.contains("`password` must be")),
+        "{found:?}"
+    );
+    assert!(found.iter().all(|p| !p.contains("731946")), "{found:?}");
+}
+
+const TRACE_USER: &str = "ekko-trace";
+const TRACE_PASSWORD: &str = "pw-trace-5309";
+
+/// Creates the broker user `TRACE_USER` with full rights on vhost `/`.
+async fn create_trace_user(client: &HttpClient, broker: &Broker) {
+    let calls = [
+        (
+            format!("/api/users/{TRACE_USER}"),
+            json!({ "password": TRACE_PASSWORD, "tags": "" }),
+        ),
+        (
+            format!("/api/permissions/%2F/{TRACE_USER}"),
+            json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+        ),
+    ];
+    for (path, body) in calls {
+        let request = Request::put(format!("{}{path}", broker.management_url()))
+            .header("authorization", broker.authorization())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let answer = client.send(request).await;
+        assert!(answer.status.is_success(), "{path}: {}", answer.text());
+    }
+}
+
+/// Reads the binary's JSON log lines until the startup line and returns the public address.
+fn read_listening_address(lines: &mut impl std::io::BufRead, log: &mut String) -> String {
+    loop {
+        let mut line = String::new();
+        assert!(
+            lines.read_line(&mut line).unwrap() > 0,
+            "ekko exited:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("ekko listening") {
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            return value["fields"]["public_addr"].as_str().unwrap().to_owned();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq-server; run by .ci/run"]
+async fn trace_log_never_shows_amqp_password() {
+    use std::io::{BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    if !support::require_server(RABBITMQ_SERVER, "rabbitmq-server") {
+        return;
+    }
+    let broker = broker_with_exchange().await;
+    bound_queue(&broker).await;
+    let client = HttpClient::default();
+    create_trace_user(&client, &broker).await;
+    let credentials = format!(
+        "    username: {TRACE_USER}\n    password: \"${{EKKO_AMQP_PASSWORD}}\"\n    exchange:"
+    );
+    let text = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{}",
+        policy(&broker, "").replacen("    exchange:", &credentials, 1)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, text).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .args(["--log-format", "json", "serve", "--policy"])
+        .arg(&policy_path)
+        .env("EKKO_LOG", "trace")
+        .env("EKKO_AMQP_PASSWORD", TRACE_PASSWORD)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let address = read_listening_address(&mut stderr, &mut log);
+    let url = format!("http://{address}{EVENTS_PATH}");
+    let mut answer = post_event(&client, &url, "t1", "p1", "Ola").await;
+    for attempt in 0..50 {
+        if answer.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = post_event(&client, &url, &format!("t1-{attempt}"), "p1", "Ola").await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(answer.status, 200, "body {}", answer.text());
+    // lapin prints the SASL PLAIN response of `connection.start-ok` as a list of bytes.
+    let as_bytes = TRACE_PASSWORD
+        .bytes()
+        .map(|byte| byte.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(log.contains("amqp connection open"), "{log}");
+    assert!(!log.contains(TRACE_PASSWORD), "the log shows the password");
+    assert!(!log.contains(&as_bytes), "the log shows the password bytes");
+}

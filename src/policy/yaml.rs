@@ -66,6 +66,23 @@ impl Scalar {
             Some(source) => format!("`{source}` after substitution (value not shown)"),
         }
     }
+
+    /// Describes a URL for an error message like [`Scalar::message_text`], with everything
+    /// between the scheme and the last `@` shown as `***`, because that part may contain a
+    /// password, even in a URL too malformed to split into its parts.
+    pub fn url_message_text(&self) -> String {
+        if self.source.is_some() {
+            return self.message_text();
+        }
+        let (scheme, rest) = match self.text.split_once("://") {
+            Some((scheme, rest)) => (format!("{scheme}://"), rest),
+            None => (String::new(), self.text.as_str()),
+        };
+        match rest.rsplit_once('@') {
+            Some((_, host)) => format!("`{scheme}***@{host}`"),
+            None => self.message_text(),
+        }
+    }
 }
 
 /// A YAML syntax error: the parser's message and line.

@@ -7,7 +7,7 @@ use http::uri::Authority;
 use percent_encoding::percent_decode_str;
 
 use super::super::model::{AmqpConfig, AmqpPassword, Unroutable};
-use super::{template_message, Checker, Field, Fields, Template, Value};
+use super::{template_message, Checker, Field, Fields, ScalarKind, Template, Value};
 
 /// Every key an upstream may have: the first four apply to HTTP upstreams and the rest to
 /// AMQP upstreams, except `url` and `connect_timeout`, which apply to both.
@@ -89,12 +89,14 @@ fn split_amqp_url(url: &str) -> Result<BrokerAddress, AmqpUrlProblem> {
     if scheme.eq_ignore_ascii_case("amqps") {
         return Err(AmqpUrlProblem::Tls);
     }
-    if rest.contains(['?', '#']) {
-        return Err(AmqpUrlProblem::QueryOrFragment);
-    }
     let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    // User information is checked first, so that the messages for the other problems,
+    // which show the URL, never see a password.
     if authority.contains('@') {
         return Err(AmqpUrlProblem::UserInfo);
+    }
+    if rest.contains(['?', '#']) {
+        return Err(AmqpUrlProblem::QueryOrFragment);
     }
     let authority = Authority::from_str(authority).map_err(|_| AmqpUrlProblem::Authority)?;
     let host = authority.host();
@@ -229,7 +231,7 @@ impl Checker {
 
     fn amqp_url(&mut self, field: &Field<'_>) -> Option<BrokerAddress> {
         let scalar = self.string(field, "an URL such as `amqp://127.0.0.1:5672/%2F`")?;
-        let shown = scalar.message_text();
+        let shown = scalar.url_message_text();
         match split_amqp_url(&scalar.text) {
             Ok(address) => Some(address),
             Err(problem) => {
@@ -299,28 +301,21 @@ impl Checker {
     }
 
     /// Parses `username` and `password`; both default to `guest`, and one without the
-    /// other is a problem. No message contains either value.
+    /// other is a problem. No message contains the password.
     fn amqp_credentials(&mut self, fields: &Fields<'_>) -> Option<(String, AmqpPassword)> {
         let username = fields.get("username");
         let password = fields.get("password");
-        let text = |checker: &mut Self, field: &Field<'_>, expected: &str| {
-            checker
-                .string(field, expected)
-                .map(|scalar| scalar.text.clone())
-        };
         match (username, password) {
             (None, None) => Some((
                 DEFAULT_CREDENTIAL.to_owned(),
                 AmqpPassword::new(DEFAULT_CREDENTIAL),
             )),
             (Some(username), Some(password)) => {
-                let username = text(self, &username, "a user name in quotes");
-                let password = text(
-                    self,
-                    &password,
-                    "a password such as `\"${EKKO_AMQP_PASSWORD}\"`",
-                );
-                Some((username?, AmqpPassword::new(&password?)))
+                let username = self
+                    .string(&username, "a user name in quotes")
+                    .map(|scalar| scalar.text.clone());
+                let password = self.amqp_password(&password);
+                Some((username?, password?))
             }
             (Some(field), None) | (None, Some(field)) => {
                 let missing = if field.name() == "username" {
@@ -333,6 +328,18 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// Checks the password without ever putting its text in a message, because a password
+    /// written in the file is as secret as one taken from a variable.
+    fn amqp_password(&mut self, field: &Field<'_>) -> Option<AmqpPassword> {
+        let scalar = self.scalar(field, "a password such as `\"${EKKO_AMQP_PASSWORD}\"`")?;
+        if scalar.kind != ScalarKind::Str {
+            let message = "`password` must be a string; put it in quotes (value not shown)";
+            self.report_at(field, message.to_owned());
+            return None;
+        }
+        Some(AmqpPassword::new(&scalar.text))
     }
 
     /// Reports a reference to an AMQP upstream where only an HTTP upstream can serve:
