@@ -180,7 +180,8 @@ impl Gateway {
                 }
             },
             FingerprintSource::Lookup { .. } => {
-                match self.lookup(matched, event, arrived, slot).await {
+                // Boxed, so payload-mode notifications do not carry the fetch's large state.
+                match Box::pin(self.lookup(matched, event, arrived, slot)).await {
                     StateFetch::Found(fingerprint) => Some(fingerprint),
                     StateFetch::Deleted => Some(Fingerprint::deleted()),
                     StateFetch::Failed(reason) => {

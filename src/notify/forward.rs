@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 
 use super::decide::{Decision, Verdict};
-use super::reply::{json_response, NotifyError, DECISION_HEADER};
+use super::reply::{json_bytes_response, json_response, NotifyError, DECISION_HEADER};
 use super::route::Matched;
 use super::Gateway;
 use crate::metrics::DecisionLabels;
@@ -84,7 +84,7 @@ impl Gateway {
                 }
                 reply
             }
-            None => json_response(response.status, &suppressed_body(verdicts)),
+            None => json_bytes_response(response.status, suppressed_body(verdicts)),
         };
         *reply.status_mut() = response.status;
         set_decision(&mut reply, &decision_header(matched, verdicts));
@@ -286,13 +286,15 @@ impl Gateway {
 
 /// Describes in a few words why a verdict was reached, for the audit ring.
 fn reason_text(verdict: &Verdict) -> String {
+    // The short form prints as the fingerprint's first 16 hex digits, without building
+    // all 64.
     let state = match verdict.fingerprint {
-        Some(fingerprint) => format!("state {}", &fingerprint.to_hex()[..16]),
+        Some(fingerprint) => format!("state {:016x}", crate::guard::short(&fingerprint)),
         None => "no state".to_owned(),
     };
     match verdict.decision {
         Decision::Duplicate => "event id seen within duplicate_window".to_owned(),
-        Decision::Unchanged => format!("{state} equals the last forwarded state"),
+        Decision::Unchanged => state + " equals the last forwarded state",
         Decision::Forward => format!("{state}; hops {}", verdict.hops),
         Decision::Held(reason) => format!("{state}; held for {}", reason.as_str()),
     }
@@ -375,13 +377,29 @@ fn decision_summary(shadow: bool, verdicts: &[Verdict]) -> String {
 }
 
 /// Default suppressed body: `{"decision": ..., "entity": ...}`, or a list for a batch.
-fn suppressed_body(verdicts: &[Verdict]) -> serde_json::Value {
-    let item =
-        |v: &Verdict| serde_json::json!({ "decision": v.decision.as_str(), "entity": v.key });
-    match verdicts {
-        [one] => item(one),
-        many => {
-            serde_json::json!({ "decision": "suppressed", "events": many.iter().map(item).collect::<Vec<_>>() })
-        }
+fn suppressed_body<'a>(verdicts: &'a [Verdict]) -> Vec<u8> {
+    /// One suppressed event, serialised without building a JSON tree first.
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        decision: &'a str,
+        entity: &'a str,
     }
+    #[derive(serde::Serialize)]
+    struct Many<'a> {
+        decision: &'a str,
+        events: Vec<Item<'a>>,
+    }
+    let item = |v: &'a Verdict| Item {
+        decision: v.decision.as_str(),
+        entity: &v.key,
+    };
+    let written = match verdicts {
+        [one] => serde_json::to_vec(&item(one)),
+        many => serde_json::to_vec(&Many {
+            decision: "suppressed",
+            events: many.iter().map(item).collect(),
+        }),
+    };
+    // Serialising plain strings into memory cannot fail.
+    written.unwrap_or_default()
 }

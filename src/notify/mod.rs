@@ -220,7 +220,7 @@ impl Gateway {
                 if let Err(error) = reject_dot_segments(parts.uri.path()) {
                     return error.into_response();
                 }
-                return self.lookups.handle(lookup, &parts, body, peer).await;
+                return Box::pin(self.lookups.handle(lookup, &parts, body, peer)).await;
             }
         }
         let matched = match found {
@@ -298,7 +298,9 @@ impl Gateway {
                 self.single(matched, parts, body.clone(), event, peer, arrived)
                     .await
             }
-            Ok(Decoded::Batch(events)) => self.batch(matched, parts, events, peer, arrived).await,
+            Ok(Decoded::Batch(events)) => {
+                Box::pin(self.batch(matched, parts, events, peer, arrived)).await
+            }
             Err(error) => Err(NotifyError::Undecodable(error.0)),
         };
         match result {
@@ -307,7 +309,7 @@ impl Gateway {
             {
                 tracing::debug!(route = %route.name, %error, "forwarding an undecodable notification");
                 self.count_fail_open(&route.name, "undecodable");
-                self.pass_through(matched, parts, body, peer).await
+                Box::pin(self.pass_through(matched, parts, body, peer)).await
             }
             other => other,
         }
@@ -371,8 +373,7 @@ impl Gateway {
         if self.suppresses(matched, &verdicts) {
             return Ok(self.suppress(matched, &verdicts));
         }
-        self.forward_and_commit(matched, parts, body, peer, &verdicts)
-            .await
+        Box::pin(self.forward_and_commit(matched, parts, body, peer, &verdicts)).await
     }
 
     /// Decides each event of a CloudEvents batch and forwards the events that pass, in order.

@@ -185,7 +185,12 @@ impl NotifyError {
 
 /// Builds a JSON response with `Cache-Control: no-store`.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes_response(status, body.to_string().into_bytes())
+}
+
+/// Builds a JSON response with `Cache-Control: no-store` from an already serialised body.
+pub fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
