@@ -5,6 +5,8 @@ mod harness;
 mod support;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -400,6 +402,244 @@ async fn reload_keeps_publishing_without_failures() {
         Some("after-change")
     );
     running.shutdown().await.unwrap();
+}
+
+const TENANT_EVENTS_PATH: &str = "/tenants";
+const GOOD_TENANT: &str = "good";
+const GOOD_QUEUE: &str = "hr-good-persons";
+
+/// Builds a policy whose exchange name is rendered from the tenant in the request path.
+fn tenant_policy(broker: &Broker) -> String {
+    format!(
+        r#"upstreams:
+  mq:
+    url: "{url}"
+    exchange: "hr-{{tenant}}"
+    routing_key: "hr.person.{{type}}"
+    reconnect_min: 100ms
+    reconnect_max: 400ms
+notifications:
+  - name: hr-tenant
+    match: {{ path: "{TENANT_EVENTS_PATH}/{{tenant}}" }}
+    upstream: mq
+    format: cloudevents
+    entity: "hr/{{tenant}}/{{subject}}"
+    fingerprint: {{ payload: {{}} }}
+    loop_guard: {{ enabled: false }}
+"#,
+        url = broker.amqp_url()
+    )
+}
+
+/// Declares the exchange `hr-{tenant}` with the queue `queue` bound to every routing key.
+async fn tenant_exchange(broker: &Broker, tenant: &str, queue: &str) {
+    let exchange = format!("hr-{tenant}");
+    broker.declare_topic_exchange(&exchange).await.unwrap();
+    broker.declare_queue(queue).await.unwrap();
+    broker.bind(&exchange, queue, "#").await.unwrap();
+}
+
+async fn delete_exchange(client: &HttpClient, broker: &Broker, name: &str) {
+    let request = Request::delete(format!(
+        "{}/api/exchanges/%2F/{name}",
+        broker.management_url()
+    ))
+    .header("authorization", broker.authorization())
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let answer = client.send(request).await;
+    assert!(
+        answer.status.is_success(),
+        "delete {name}: {}",
+        answer.text()
+    );
+}
+
+/// Polls /readyz every 10 ms until `stop` is set and returns every status other than 200.
+fn watch_readyz(
+    client: HttpClient,
+    admin: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<u16>)> {
+    tokio::spawn(async move {
+        let (mut polls, mut failures) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            let status = client.get(&format!("{admin}/readyz")).await.status.as_u16();
+            polls += 1;
+            if status != 200 {
+                failures.push(status);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (polls, failures)
+    })
+}
+
+/// Asserts that `answer` is the 502 for the missing exchange `exchange`.
+fn assert_exchange_not_found(answer: &harness::Answer, exchange: &str) {
+    assert_eq!(answer.status, 502, "body {}", answer.text());
+    assert_eq!(answer.decision(), "upstream_error");
+    let body = answer.json();
+    assert_eq!(body["error"], "amqp_exchange_not_found", "body {body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("`{exchange}`")),
+        "message names the exchange: {message}"
+    );
+    assert!(
+        message.contains("declare the exchange"),
+        "message says what to do: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq-server; run by .ci/run"]
+async fn missing_exchange_leaves_others_publishing() {
+    if !support::require_server(RABBITMQ_SERVER, "rabbitmq-server") {
+        return;
+    }
+    let broker = Broker::start().await.expect("test broker starts");
+    tenant_exchange(&broker, GOOD_TENANT, GOOD_QUEUE).await;
+    let mut consumer = Consumer::start(&broker, GOOD_QUEUE).await;
+    let ekko = harness::Ekko::start(&tenant_policy(&broker)).await;
+    let client = HttpClient::default();
+    wait_for_readyz(&client, &ekko.admin, 200).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readiness = watch_readyz(client.clone(), ekko.admin.clone(), stop.clone());
+
+    let missing_url = ekko.url(&format!("{TENANT_EVENTS_PATH}/missing"));
+    let bad_producer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("m{}", answers.len());
+                answers.push(post_event(&client, &missing_url, &id, &id, "Ola").await);
+            }
+            answers
+        })
+    };
+    let good_url = ekko.url(&format!("{TENANT_EVENTS_PATH}/{GOOD_TENANT}"));
+    let mut producers = Vec::new();
+    for producer in 0..4 {
+        let (client, url) = (client.clone(), good_url.clone());
+        producers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for index in 0..50 {
+                let id = format!("g{producer}-{index}");
+                answers.push((
+                    id.clone(),
+                    post_event(&client, &url, &id, &id, "Kari").await,
+                ));
+            }
+            answers
+        }));
+    }
+    let mut sent = std::collections::BTreeSet::new();
+    for producer in producers {
+        for (id, answer) in producer.await.unwrap() {
+            assert_eq!(answer.status, 200, "{id}: body {}", answer.text());
+            assert_eq!(answer.json()["confirmed"], 1, "{id}");
+            sent.insert(id);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let bad_answers = bad_producer.await.unwrap();
+    let (polls, not_ready) = readiness.await.unwrap();
+
+    assert!(!bad_answers.is_empty(), "the bad producer posted nothing");
+    for answer in &bad_answers {
+        assert_exchange_not_found(answer, "hr-missing");
+    }
+    assert!(polls > 0, "/readyz was never polled");
+    assert!(not_ready.is_empty(), "/readyz answered {not_ready:?}");
+    assert_eq!(sent.len(), 200);
+    let mut received = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let id = consumer.next().await.message_id.expect("message id");
+        assert!(received.insert(id.clone()), "{id} arrived twice");
+    }
+    assert_eq!(received, sent);
+    consumer.assert_quiet().await;
+    assert_eq!(
+        ekko.metric(r#"ekko_amqp_reconnects_total{upstream="mq"}"#)
+            .await,
+        0.0
+    );
+    ekko.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq-server; run by .ci/run"]
+async fn deleted_exchange_fails_only_its_publish() {
+    if !support::require_server(RABBITMQ_SERVER, "rabbitmq-server") {
+        return;
+    }
+    let broker = Broker::start().await.expect("test broker starts");
+    tenant_exchange(&broker, GOOD_TENANT, GOOD_QUEUE).await;
+    tenant_exchange(&broker, "gone", "hr-gone-persons").await;
+    let mut consumer = Consumer::start(&broker, GOOD_QUEUE).await;
+    let ekko = harness::Ekko::start(&tenant_policy(&broker)).await;
+    let client = HttpClient::default();
+    wait_for_readyz(&client, &ekko.admin, 200).await;
+    let gone_url = ekko.url(&format!("{TENANT_EVENTS_PATH}/gone"));
+    let good_url = ekko.url(&format!("{TENANT_EVENTS_PATH}/{GOOD_TENANT}"));
+
+    let cached = post_event(&client, &gone_url, "d1", "p1", "Ola").await;
+    assert_eq!(cached.status, 200, "body {}", cached.text());
+    delete_exchange(&client, &broker, "hr-gone").await;
+    let deleted = post_event(&client, &gone_url, "d2", "p1", "Kari").await;
+    assert_exchange_not_found(&deleted, "hr-gone");
+    let next = post_event(&client, &good_url, "n1", "p1", "Per").await;
+    assert_eq!(next.status, 200, "body {}", next.text());
+    assert_eq!(consumer.next().await.message_id.as_deref(), Some("n1"));
+
+    // Publishes in flight on the shared channel when the broker closes it are published
+    // again on the reopened channel, so none of them fails.
+    tenant_exchange(&broker, "gone", "hr-gone-persons").await;
+    let cached = post_event(&client, &gone_url, "d3", "p2", "Ola").await;
+    assert_eq!(cached.status, 200, "body {}", cached.text());
+    delete_exchange(&client, &broker, "hr-gone").await;
+    let bad = {
+        let (client, url) = (client.clone(), gone_url.clone());
+        tokio::spawn(async move { post_event(&client, &url, "d4", "p2", "Kari").await })
+    };
+    let mut good = Vec::new();
+    for index in 0..20 {
+        let (client, url) = (client.clone(), good_url.clone());
+        let id = format!("c{index}");
+        good.push(tokio::spawn(async move {
+            let answer = post_event(&client, &url, &id, &id, "Liv").await;
+            (id, answer)
+        }));
+    }
+    assert_exchange_not_found(&bad.await.unwrap(), "hr-gone");
+    let mut sent = std::collections::BTreeSet::new();
+    for task in good {
+        let (id, answer) = task.await.unwrap();
+        assert_eq!(answer.status, 200, "{id}: body {}", answer.text());
+        sent.insert(id);
+    }
+    // A message that was routed before the channel closed arrives twice, so repeats are
+    // allowed here.
+    let mut received = std::collections::BTreeSet::new();
+    while received != sent {
+        let id = consumer.next().await.message_id.expect("message id");
+        assert!(sent.contains(&id), "unexpected message {id}");
+        received.insert(id);
+    }
+
+    assert_eq!(readyz(&client, &ekko).await.status, 200);
+    assert_eq!(
+        ekko.metric(r#"ekko_amqp_reconnects_total{upstream="mq"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(
+        ekko.metric(r#"ekko_amqp_connected{upstream="mq"}"#).await,
+        1.0
+    );
+    ekko.stop().await.unwrap();
 }
 
 /// Parses a policy with `EKKO_AMQP_PASSWORD` set and returns every problem message.

@@ -2,13 +2,16 @@
 //! background with doubling reconnect delays.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::exchanges::KnownExchanges;
 
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::policy::{AmqpConfig, UpstreamConfig};
@@ -27,20 +30,32 @@ pub struct ConnectionSettings {
     pub connect_timeout: Duration,
 }
 
+/// An open connection with its confirm-mode channel. The channel may be closed by the
+/// broker while the connection stays open, until the supervisor replaces it.
+#[derive(Clone)]
+pub(super) struct Link {
+    pub(super) connection: Arc<Connection>,
+    pub(super) channel: Channel,
+}
+
 /// State shared by the supervisor handle and its background task.
 struct Shared {
     upstream: String,
-    channel: Mutex<Option<Channel>>,
+    /// The open connection and channel, or `None` while disconnected.
+    link: watch::Sender<Option<Link>>,
     connected: AtomicBool,
     /// Delay before the next reconnect attempt, in milliseconds, for `Retry-After`.
     retry_delay_ms: AtomicU64,
+    /// Wakes the background task when a publish finds the channel closed.
+    channel_closed: Notify,
+    exchanges: KnownExchanges,
     metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    fn set_channel(&self, channel: Option<Channel>) {
-        let connected = channel.is_some();
-        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = channel;
+    fn set_link(&self, link: Option<Link>) {
+        let connected = link.is_some();
+        self.link.send_replace(link);
         self.connected.store(connected, Ordering::Release);
         self.metrics
             .amqp_connected
@@ -49,13 +64,23 @@ impl Shared {
             })
             .set(i64::from(connected));
     }
+
+    /// Hands out a reopened channel on the same connection, leaving `connected` true.
+    fn replace_channel(&self, channel: Channel) {
+        self.link.send_modify(|link| {
+            if let Some(link) = link {
+                link.channel = channel;
+            }
+        });
+    }
 }
 
 /// Keeps one connection and one confirm-mode channel open to an AMQP upstream.
 ///
 /// A background task connects, watches the connection, and after a loss reconnects with a
 /// delay that starts at `reconnect_min` and doubles up to `reconnect_max`, without jitter.
-/// Dropping the handle stops the task and closes the connection.
+/// When the broker closes only the channel, the task opens a new one on the same
+/// connection. Dropping the handle stops the task and closes the connection.
 pub struct Supervisor {
     settings: ConnectionSettings,
     shared: Arc<Shared>,
@@ -80,12 +105,14 @@ impl Supervisor {
         };
         let shared = Arc::new(Shared {
             upstream: upstream.name.clone(),
-            channel: Mutex::new(None),
+            link: watch::Sender::new(None),
             connected: AtomicBool::new(false),
             retry_delay_ms: AtomicU64::new(duration_ms(amqp.reconnect_min)),
+            channel_closed: Notify::new(),
+            exchanges: KnownExchanges::new(),
             metrics,
         });
-        shared.set_channel(None);
+        shared.set_link(None);
         let (stop, stopped) = watch::channel(false);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -113,7 +140,8 @@ impl Supervisor {
         &self.settings
     }
 
-    /// Returns whether the connection and its confirm-mode channel are open.
+    /// Returns whether the connection is open. A channel that the broker closed and that
+    /// is being reopened on the open connection does not make this false.
     pub fn connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
     }
@@ -125,16 +153,45 @@ impl Supervisor {
         delay.max(Duration::from_secs(1))
     }
 
-    /// Returns the open confirm-mode channel, or `None` while disconnected.
-    pub(super) fn channel(&self) -> Option<Channel> {
-        if !self.connected() {
-            return None;
+    /// Returns the open connection and an open confirm-mode channel on it. When the broker
+    /// has closed the channel, this wakes the background task to reopen it and waits for
+    /// the new one until `deadline`. Returns `None` while disconnected, when the connection
+    /// is lost while waiting, or at the deadline.
+    pub(super) async fn open_link(&self, deadline: Instant) -> Option<Link> {
+        let mut links = self.shared.link.subscribe();
+        loop {
+            let link = links.borrow_and_update().clone()?;
+            if link.channel.status().connected() {
+                return Some(link);
+            }
+            self.shared.channel_closed.notify_one();
+            match tokio::time::timeout_at(deadline, links.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
         }
-        self.shared
-            .channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    }
+
+    /// Returns the open connection, or `None` while disconnected.
+    pub(super) fn connection(&self) -> Option<Arc<Connection>> {
+        let link = self.shared.link.borrow();
+        link.as_ref().map(|link| link.connection.clone())
+    }
+
+    /// Returns whether the connection is open, whatever the state of its channel.
+    pub(super) fn connection_open(&self) -> bool {
+        self.connection()
+            .is_some_and(|connection| connection.status().connected())
+    }
+
+    /// Wakes the background task to check the channel and reopen it if the broker closed it.
+    pub(super) fn report_channel_closed(&self) {
+        self.shared.channel_closed.notify_one();
+    }
+
+    /// Returns the exchange names known to exist on the broker.
+    pub(super) fn exchanges(&self) -> &KnownExchanges {
+        &self.shared.exchanges
     }
 
     /// Returns the shared metrics, for the publish counters.
@@ -183,9 +240,14 @@ async fn supervise(
                 shared
                     .retry_delay_ms
                     .store(duration_ms(delay), Ordering::Relaxed);
-                shared.set_channel(Some(channel.clone()));
-                let stop = watch_connection(&connection, &channel, &mut stopped).await;
-                shared.set_channel(None);
+                let connection = Arc::new(connection);
+                shared.exchanges.clear();
+                shared.set_link(Some(Link {
+                    connection: connection.clone(),
+                    channel,
+                }));
+                let stop = keep_open(&shared, &settings, &connection, &mut stopped).await;
+                shared.set_link(None);
                 let _ = connection
                     .close(200, "ekko closes the connection".into())
                     .await;
@@ -220,22 +282,48 @@ async fn supervise(
     }
 }
 
-/// Waits until the connection or channel is no longer open (returns false) or the
-/// supervisor stops (returns true).
-async fn watch_connection(
+/// Watches the connection until it is lost (returns false) or the supervisor stops (returns
+/// true). A channel that the broker closed on the open connection, for example after a
+/// publish to a deleted exchange, is replaced at once: readiness stays up, and no reconnect
+/// is counted.
+async fn keep_open(
+    shared: &Shared,
+    settings: &ConnectionSettings,
     connection: &Connection,
-    channel: &Channel,
     stopped: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                if !connection.status().connected() || !channel.status().connected() {
-                    return false;
-                }
-            }
+            _ = ticker.tick() => {}
+            () = shared.channel_closed.notified() => {}
             _ = stopped.changed() => return true,
+        }
+        if !connection.status().connected() {
+            return false;
+        }
+        let closed = shared
+            .link
+            .borrow()
+            .as_ref()
+            .is_some_and(|link| !link.channel.status().connected());
+        if !closed {
+            continue;
+        }
+        let reopened = tokio::time::timeout(settings.connect_timeout, open_channel(connection));
+        match reopened.await {
+            Ok(Ok(channel)) => {
+                shared.replace_channel(channel);
+                tracing::info!(upstream = %shared.upstream, "amqp channel closed by the broker; reopened it on the same connection");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = %shared.upstream, %error, "amqp channel reopen failed; reconnecting");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %shared.upstream, timeout = ?settings.connect_timeout, "amqp channel reopen timed out; reconnecting");
+                return false;
+            }
         }
     }
 }
@@ -247,11 +335,17 @@ async fn open(settings: &ConnectionSettings) -> lapin::Result<(Connection, Chann
         ConnectionProperties::default().with_connection_name("ekko".into()),
     )
     .await?;
+    let channel = open_channel(&connection).await?;
+    Ok((connection, channel))
+}
+
+/// Opens a channel and puts it in confirm mode before anyone can publish on it.
+async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    Ok((connection, channel))
+    Ok(channel)
 }
 
 /// Builds the broker URI from the settings; the password goes into the structure only,

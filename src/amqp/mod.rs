@@ -1,6 +1,7 @@
 //! AMQP 0-9-1 upstreams: one supervised connection each, publishes with publisher confirms.
 
 mod connection;
+mod exchanges;
 pub mod message;
 mod publish;
 

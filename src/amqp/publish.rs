@@ -5,9 +5,11 @@ use std::time::Duration;
 use http::StatusCode;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use tokio::time::Instant;
 
 use super::connection::Supervisor;
+use super::exchanges;
 use super::message::{HeaderValue, Message};
 use crate::metrics::AmqpOutcomeLabels;
 use crate::policy::Unroutable;
@@ -83,7 +85,17 @@ pub enum PublishError {
         /// The broker's reply text.
         reply_text: String,
     },
-    /// The broker closed the channel, for example because the exchange does not exist.
+    /// The exchange does not exist on the broker: the passive declare that checks it got
+    /// 404 NOT_FOUND.
+    #[error("amqp upstream `{upstream}` has no exchange `{exchange}` (404 NOT_FOUND); declare the exchange on the broker, or fix the route's `exchange` template")]
+    ExchangeNotFound {
+        /// Upstream name.
+        upstream: String,
+        /// The exchange name rendered for the message.
+        exchange: String,
+    },
+    /// The broker closed the channel for a reason other than a missing exchange, or closed
+    /// the reopened channel too when the batch was published once more.
     #[error("amqp upstream `{upstream}` failed the publish to exchange `{exchange}`: {reason}")]
     ChannelError {
         /// Upstream name.
@@ -105,16 +117,17 @@ pub enum PublishError {
 
 impl PublishError {
     /// Returns the producer's status: 503 while disconnected, 504 on a confirm timeout,
-    /// 502 when the broker refused or returned the message.
+    /// 502 when the exchange is missing or the broker refused or returned the message.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotConnected { .. } | Self::ConnectionLost { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::Nacked { .. } | Self::Returned { .. } | Self::ChannelError { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Nacked { .. }
+            | Self::Returned { .. }
+            | Self::ExchangeNotFound { .. }
+            | Self::ChannelError { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -135,6 +148,7 @@ impl PublishError {
             Self::ConnectionLost { .. } => "amqp_connection_lost",
             Self::Nacked { .. } => "amqp_nacked",
             Self::Returned { .. } => "amqp_unroutable",
+            Self::ExchangeNotFound { .. } => "amqp_exchange_not_found",
             Self::ChannelError { .. } => "amqp_channel_error",
             Self::TimedOut { .. } => "amqp_confirm_timeout",
         }
@@ -146,7 +160,7 @@ impl PublishError {
             Self::NotConnected { .. } | Self::ConnectionLost { .. } => "unconnected",
             Self::Nacked { .. } => "nacked",
             Self::Returned { .. } => "returned",
-            Self::ChannelError { .. } => "failed",
+            Self::ExchangeNotFound { .. } | Self::ChannelError { .. } => "failed",
             Self::TimedOut { .. } => "timeout",
         }
     }
@@ -156,21 +170,21 @@ impl Supervisor {
     /// Publishes every message, persistent and with `mandatory` as configured, and waits
     /// up to `confirm_timeout` for all of the broker's confirms.
     ///
+    /// Before the first publish to an exchange name, a passive declare on a short-lived
+    /// channel checks that the exchange exists, so a missing one does not close the shared
+    /// channel. When the broker closes the shared channel anyway, for example because an
+    /// exchange was deleted after it was checked, the batch's exchanges are checked again
+    /// and, if they all exist, the batch is published once more on the reopened channel.
+    ///
     /// # Errors
     ///
-    /// Fails when not connected, when the connection is lost, when any message is nacked or
-    /// returned (with `unroutable: error`), when the channel fails, or on the timeout.
-    /// Messages before a failed one may have been delivered.
+    /// Fails when not connected, when the connection is lost, when an exchange does not
+    /// exist, when any message is nacked or returned (with `unroutable: error`), when the
+    /// channel fails, or on the timeout. Messages before a failed one may have been
+    /// delivered, and so may messages of a batch that is published once more.
     pub async fn publish(&self, batch: &[Outgoing]) -> Result<Published, PublishError> {
-        let timeout = self.settings().amqp.confirm_timeout;
-        let result = tokio::time::timeout(timeout, self.publish_all(batch))
-            .await
-            .unwrap_or_else(|_| {
-                Err(PublishError::TimedOut {
-                    upstream: self.upstream().to_owned(),
-                    timeout,
-                })
-            });
+        let deadline = Instant::now() + self.settings().amqp.confirm_timeout;
+        let result = self.publish_checked(batch, deadline).await;
         match &result {
             Ok(published) => {
                 self.count("confirmed", published.confirmed - published.returned);
@@ -181,13 +195,72 @@ impl Supervisor {
         result
     }
 
-    async fn publish_all(&self, batch: &[Outgoing]) -> Result<Published, PublishError> {
-        let Some(channel) = self.channel() else {
-            return Err(PublishError::NotConnected {
-                upstream: self.upstream().to_owned(),
-                retry_after: self.retry_after(),
-            });
+    async fn publish_checked(
+        &self,
+        batch: &[Outgoing],
+        deadline: Instant,
+    ) -> Result<Published, PublishError> {
+        self.check_exchanges(batch, deadline).await?;
+        let error = match self.publish_once(batch, deadline).await {
+            Err(error @ PublishError::ChannelError { .. }) if self.connection_open() => error,
+            other => return other,
         };
+        // The broker closed the shared channel. Either an exchange of this batch is gone,
+        // or another request's publish closed the channel under this one.
+        for outgoing in batch {
+            self.exchanges().forget(&outgoing.exchange);
+        }
+        self.check_exchanges(batch, deadline).await?;
+        tracing::debug!(upstream = %self.upstream(), %error, "amqp channel closed during a publish; publishing the batch again on the reopened channel");
+        self.publish_once(batch, deadline).await
+    }
+
+    /// Checks with a passive declare that every exchange of `batch` not yet known exists,
+    /// and remembers those that do.
+    async fn check_exchanges(
+        &self,
+        batch: &[Outgoing],
+        deadline: Instant,
+    ) -> Result<(), PublishError> {
+        for outgoing in batch {
+            let exchange = outgoing.exchange.as_str();
+            if self.exchanges().contains(exchange) {
+                continue;
+            }
+            let Some(connection) = self.connection() else {
+                return Err(self.not_connected());
+            };
+            let probe = exchanges::exchange_exists(&connection, exchange);
+            match tokio::time::timeout_at(deadline, probe).await {
+                Ok(Ok(true)) => self.exchanges().insert(exchange),
+                Ok(Ok(false)) => return Err(self.exchange_not_found(exchange)),
+                Ok(Err(error)) => return Err(self.lost_or_failed(exchange, &error)),
+                Err(_) => return Err(self.timed_out()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `batch` on the open channel, waiting for a reopened one if the broker
+    /// closed it, and waits for the confirms until `deadline`.
+    async fn publish_once(
+        &self,
+        batch: &[Outgoing],
+        deadline: Instant,
+    ) -> Result<Published, PublishError> {
+        let Some(link) = self.open_link(deadline).await else {
+            return Err(self.not_connected());
+        };
+        tokio::time::timeout_at(deadline, self.publish_on(&link.channel, batch))
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out()))
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        batch: &[Outgoing],
+    ) -> Result<Published, PublishError> {
         let options = BasicPublishOptions {
             mandatory: self.settings().amqp.mandatory,
             ..BasicPublishOptions::default()
@@ -260,11 +333,16 @@ impl Supervisor {
         }
     }
 
-    /// Classifies a client error: a closed connection means `ConnectionLost` (503), and a
-    /// channel closed by the broker, such as for a missing exchange, is a `ChannelError` (502).
+    /// Classifies a client error: with the connection lost it is `ConnectionLost` (503),
+    /// and on an open connection a `ChannelError` (502), because the broker closed the
+    /// channel. The background task is woken to reopen the shared channel.
+    ///
+    /// A 404 NOT_FOUND on the shared channel is a `ChannelError` too, because it reaches
+    /// every publish in flight there, not only the one to the missing exchange.
     fn lost_or_failed(&self, exchange: &str, error: &lapin::Error) -> PublishError {
         let upstream = self.upstream().to_owned();
-        if error.is_amqp_soft_error() {
+        if error.is_amqp_soft_error() || self.connection_open() {
+            self.report_channel_closed();
             return PublishError::ChannelError {
                 upstream,
                 exchange: exchange.to_owned(),
@@ -275,6 +353,27 @@ impl Supervisor {
         PublishError::ConnectionLost {
             upstream,
             retry_after: self.retry_after(),
+        }
+    }
+
+    fn exchange_not_found(&self, exchange: &str) -> PublishError {
+        PublishError::ExchangeNotFound {
+            upstream: self.upstream().to_owned(),
+            exchange: exchange.to_owned(),
+        }
+    }
+
+    fn not_connected(&self) -> PublishError {
+        PublishError::NotConnected {
+            upstream: self.upstream().to_owned(),
+            retry_after: self.retry_after(),
+        }
+    }
+
+    fn timed_out(&self) -> PublishError {
+        PublishError::TimedOut {
+            upstream: self.upstream().to_owned(),
+            timeout: self.settings().amqp.confirm_timeout,
         }
     }
 
