@@ -286,6 +286,51 @@ async fn cached_lookups_survive_reload() {
     assert_eq!(source.server.count(), 1, "the cached entry was served");
 }
 
+#[tokio::test]
+async fn removed_routes_drop_their_state() {
+    let queue = MockServer::accepting().await;
+    let source = SourceApi::start("/persons").await;
+    source.put("7", json!({ "name": "Ola" }));
+    let lookups = "lookups:\n  - name: persons\n    match: { path: \"/persons/{id}\" }\n    upstream: api\n    entity: \"hr/{id}\"\n";
+    let with_api = |routes: &[String]| {
+        policy(&queue.url(), routes).replace(
+            "upstreams:\n",
+            &format!(
+                "upstreams:\n  api: {{ url: \"{}\" }}\n",
+                source.server.url()
+            ),
+        )
+    };
+    let hr = route("hr", "/hr", r#""/meta""#);
+    let before = format!(
+        "{}\n{lookups}",
+        with_api(&[hr.clone(), route("crm", "/crm", "")])
+    );
+    let after = with_api(&[hr]);
+    let ekko = Served::start(&before).await;
+    let client = HttpClient::default();
+    assert_eq!(ekko.notify(&client, "/hr", "1", "p1").await, "forwarded");
+    assert_eq!(ekko.notify(&client, "/crm", "2", "c1").await, "forwarded");
+    assert_eq!(
+        client.get(&format!("{}/persons/7", ekko.base)).await.status,
+        200
+    );
+
+    ekko.rewrite(&after);
+    let reload = ekko.reload(&client).await;
+
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let dropped = &reload.json()["dropped"];
+    assert_eq!(dropped["fingerprints"], 1, "crm's fingerprint: {dropped}");
+    assert_eq!(dropped["cache_entries"], 1, "the persons entry: {dropped}");
+    assert_eq!(
+        ekko.notify(&client, "/hr", "3", "p1").await,
+        "unchanged",
+        "the route that stayed keeps its fingerprints"
+    );
+    assert_eq!(ekko.metric(&client, "ekko_cache_entries").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_fails_no_request() {
     // A short delay keeps notifications in flight while the gateway is swapped.

@@ -134,6 +134,25 @@ fn update_changes_in_place_and_evicts() {
 }
 
 #[test]
+fn retain_removes_rejected_values() {
+    let table = BoundedTable::new(bound(100));
+    for n in 0..50u32 {
+        table.insert(&format!("k{n}"), n);
+    }
+    let removed = table.retain(|value| value % 2 == 0);
+    assert_eq!(removed, 25);
+    assert_eq!(table.len(), 25);
+    assert_eq!(table.get("k4"), Some(4));
+    assert_eq!(table.get("k5"), None);
+    table.insert("k51", 51);
+    assert_eq!(
+        table.get("k51"),
+        Some(51),
+        "the table stays usable after removals"
+    );
+}
+
+#[test]
 fn recently_read_entries_survive() {
     // Two entries per shard, so every insert into the hot key's shard must choose between
     // the hot key and an older one.

@@ -135,6 +135,25 @@ impl LookupCache {
         }
     }
 
+    /// Removes the cached entries of lookup routes of `previous` that this cache has no route
+    /// of the same name for, and returns how many were removed.
+    pub fn purge_removed_routes(&self, previous: &LookupCache) -> usize {
+        let removed: Vec<&str> = previous
+            .routes
+            .iter()
+            .map(|route| route.name.as_str())
+            .filter(|name| !self.routes.iter().any(|route| route.name == *name))
+            .collect();
+        if removed.is_empty() {
+            return 0;
+        }
+        let purged = self
+            .store
+            .purge(|entry| removed.contains(&entry.route.as_str()));
+        self.update_gauges();
+        purged
+    }
+
     /// Finds the lookup route for `path`.
     pub fn find(&self, path: &str) -> Option<Matched<'_>> {
         self.routes.iter().enumerate().find_map(|(index, route)| {

@@ -152,6 +152,32 @@ impl Gateway {
         })
     }
 
+    /// Drops the state that only routes of `previous` missing from this gateway could use,
+    /// and returns how much: fingerprints made under fingerprint settings that no route in
+    /// force has, which could never be compared again, and cached lookups of lookup routes
+    /// that left the policy, which no request can reach. A route that returns later with the
+    /// same settings forwards each entity's next notification once, as after a restart
+    /// without a snapshot.
+    pub fn drop_removed_routes_state(&self, previous: &Gateway) -> DroppedState {
+        let live: std::collections::HashSet<u64> = self.routes.iter().map(|r| r.spec).collect();
+        let fingerprints = if previous.routes.iter().any(|r| !live.contains(&r.spec)) {
+            let dropped = self
+                .state
+                .entities
+                .retain(|record| live.contains(&record.spec));
+            self.metrics
+                .state_entities
+                .set(self.state.entities.len() as i64);
+            dropped
+        } else {
+            0
+        };
+        DroppedState {
+            fingerprints,
+            cache_entries: self.lookups.purge_removed_routes(&previous.lookups),
+        }
+    }
+
     /// Returns the lookup cache, for the admin API.
     pub fn lookups(&self) -> &crate::lookup::LookupCache {
         &self.lookups
@@ -478,6 +504,15 @@ impl Gateway {
             })
             .inc_by(by);
     }
+}
+
+/// State dropped by a reload because the routes that used it left the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DroppedState {
+    /// Entity fingerprints whose fingerprint settings no route in force has.
+    pub fingerprints: usize,
+    /// Cached lookups of removed lookup routes.
+    pub cache_entries: usize,
 }
 
 fn compile_routes(policy: &Policy) -> Result<Vec<CompiledRoute>, mask::MaskError> {

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::notify::Gateway;
+use crate::notify::{DroppedState, Gateway};
 use crate::policy::{self, AdminConfig, Policy, Problem};
 
 /// The policy in force and the gateway compiled from it, replaced whole by a reload.
@@ -49,6 +49,8 @@ pub struct Applied {
     /// their counts. Those entities are held until the route returns or an operator
     /// releases them.
     pub orphaned_quarantines: Vec<(String, i64)>,
+    /// State dropped because the routes that used it left the policy.
+    pub dropped: DroppedState,
 }
 
 impl ReloadOutcome {
@@ -78,6 +80,10 @@ impl ReloadOutcome {
                     "lookups": applied.lookups,
                     "needs_restart": applied.needs_restart,
                     "orphaned_quarantines": orphaned,
+                    "dropped": {
+                        "fingerprints": applied.dropped.fingerprints,
+                        "cache_entries": applied.dropped.cache_entries,
+                    },
                 })
             }
             Self::Rejected(problems) => {
@@ -178,6 +184,7 @@ impl Live {
             }
         };
         gateway.update_quarantine_gauge();
+        let dropped = gateway.drop_removed_routes_state(&current);
         let orphaned = orphaned_quarantines(&gateway, &loaded);
         *self.gateway.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gateway);
         *self.admin.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded.admin.clone());
@@ -186,6 +193,7 @@ impl Live {
             lookups: loaded.lookups.len(),
             needs_restart,
             orphaned_quarantines: orphaned,
+            dropped,
         };
         *applied = loaded;
         ReloadOutcome::Applied(outcome)
@@ -228,6 +236,8 @@ fn log_applied(path: &std::path::Path, applied: &Applied) {
         path = %path.display(),
         notifications = applied.notifications,
         lookups = applied.lookups,
+        dropped_fingerprints = applied.dropped.fingerprints,
+        dropped_cache_entries = applied.dropped.cache_entries,
         "policy reloaded"
     );
 }

@@ -460,6 +460,29 @@ impl<V: Clone> BoundedTable<V> {
         self.capacity
     }
 
+    /// Removes every entry whose value `keep` rejects and returns how many were removed.
+    ///
+    /// Each shard is locked while it is scanned, one shard at a time, so a full table of a
+    /// million entries blocks each shard for about a sixteenth of one pass.
+    pub fn retain(&self, keep: impl Fn(&V) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let rejected: Vec<KeyId> = shard
+                .nodes
+                .iter()
+                .filter(|node| !keep(&node.value))
+                .map(|node| node.id)
+                .collect();
+            for id in rejected {
+                if shard.remove(id).is_some() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Removes every entry. The shards keep their reserved memory.
     pub fn clear(&self) {
         for shard in self.shards.iter() {
