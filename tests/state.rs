@@ -135,7 +135,8 @@ fn update_changes_in_place_and_evicts() {
 
 #[test]
 fn retain_removes_rejected_values() {
-    let table = BoundedTable::new(bound(100));
+    // Room for 625 keys per shard, so none of the 50 is evicted.
+    let table = BoundedTable::new(bound(10_000));
     for n in 0..50u32 {
         table.insert(&format!("k{n}"), n);
     }
