@@ -189,8 +189,10 @@ async fn serve_public(
     accept_loop(listener, stopped, grace, move |req, peer| {
         let gateway = live.gateway();
         // Reads run inline: they commit nothing, and a task per read costs cache hits
-        // about 7 % of their throughput.
-        let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+        // about 7 % of their throughput. A notification route may match GET or HEAD too,
+        // and its requests commit, so they are not reads.
+        let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && !gateway.is_notification(req.method(), req.uri().path());
         async move {
             if read {
                 return gateway.handle(req, peer).await;

@@ -217,6 +217,53 @@ async fn producer_disconnect_still_commits_forward() {
     assert_eq!(queue.count(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn get_producer_disconnect_still_commits() {
+    let queue = MockServer::start(|_| Reply::Delay(Duration::from_secs(1), 200, "{}".into())).await;
+    let policy = format!(
+        r#"
+upstreams:
+  mq: {{ url: "{}", timeout: 5s }}
+notifications:
+  - name: hook
+    match: {{ method: GET, path: "/hooks/{{id}}" }}
+    upstream: mq
+    format: json
+    entity: "hook/{{id}}"
+    fingerprint: {{ payload: {{}} }}
+"#,
+        queue.url()
+    );
+    let ekko = Ekko::start(&policy).await;
+    let client = HttpClient::default();
+    let notify = || {
+        let request = http::Request::get(ekko.url("/hooks/7"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"v":1}"#)))
+            .unwrap();
+        client.send(request)
+    };
+
+    // A GET notification is a write like a POST one: the producer gives up while the
+    // upstream is still answering, and the forward must still be committed.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), notify())
+            .await
+            .is_err(),
+        "the upstream answers after one second"
+    );
+    harness::wait_until(|| queue.count() == 1, "the upstream received the forward").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let answer = notify().await;
+    assert_eq!(
+        answer.decision(),
+        "unchanged",
+        "the forward the upstream took was committed although its producer left"
+    );
+    assert_eq!(queue.count(), 1);
+}
+
 #[tokio::test]
 async fn hundred_concurrent_identical_notifications_forward_once() {
     let queue = MockServer::accepting().await;

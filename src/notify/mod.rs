@@ -211,6 +211,16 @@ impl Gateway {
         self.clock.now_ms()
     }
 
+    /// Returns `true` when a notification route matches `method` and `path`. Such a
+    /// request commits state after its forward, so it must run to the end even when its
+    /// client disconnects, whatever its method. Routes of another method cost no path
+    /// match.
+    pub fn is_notification(&self, method: &http::Method, path: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|route| route.route.method == *method && route.route.path.matches(path).is_some())
+    }
+
     /// Returns the fingerprint settings digest of route `name`, as stored with its fingerprints.
     pub fn route_spec(&self, name: &str) -> Option<u64> {
         self.routes
