@@ -289,12 +289,12 @@ fn targets(
 ) -> Vec<Target> {
     let mut targets = Vec::new();
     for result in loads {
-        let wanted: &[(Kind, f64)] = match result.id {
+        let minimums: &[(Kind, f64)] = match result.id {
             "S1" => &[(Kind::NginxPass, 1.0)],
             "S2" => &[(Kind::NginxPass, 2.0)],
             _ => &[(Kind::Varnish, 1.0), (Kind::NginxCache, 1.2)],
         };
-        for (kind, minimum) in wanted {
+        for (kind, minimum) in minimums {
             targets.extend(report::throughput_target(result, *kind, *minimum));
         }
     }

@@ -122,8 +122,8 @@ fn run(name: &str, state_section: &str, entities: usize) {
             first += count;
         }
         let after_kib = resident_kib();
-        let kept = state.entities.len() - warm;
-        assert_eq!(kept, entities, "every entity keeps its fingerprint");
+        let stored = state.entities.len() - warm;
+        assert_eq!(stored, entities, "every entity keeps its fingerprint");
         let grown = (after_kib.saturating_sub(before_kib)) * 1024;
         println!(
             "state_memory/{name}: {entities} entities in {:.1} s; RSS {before_kib} KiB -> {after_kib} KiB; {:.1} bytes per entity",

@@ -197,11 +197,10 @@ async fn serve_public(
             if read {
                 return gateway.handle(req, peer).await;
             }
-            // Any other request runs as its own task. A producer that disconnects while
-            // its notification is being forwarded drops only the handle, so the forward
-            // finishes and is committed; otherwise the upstream would have the change
-            // while ekko forgot it, and the next identical notification would be forwarded
-            // a second time.
+            // Any other request runs as its own task, so a producer that disconnects
+            // mid-forward drops only the handle and the forward is still committed.
+            // Without it the upstream would have the change while ekko forgot it, and the
+            // next identical notification would be forwarded a second time.
             let task = tokio::spawn(async move { gateway.handle(req, peer).await });
             task.await.unwrap_or_else(|error| task_failed(&error))
         }
@@ -209,7 +208,8 @@ async fn serve_public(
     .await
 }
 
-/// Answers 500 for a request whose task panicked; the panic itself was already reported.
+/// Returns a 500 response for a request whose task panicked. The panic hook has already
+/// printed the panic.
 fn task_failed(error: &tokio::task::JoinError) -> Response<Full<Bytes>> {
     tracing::error!(%error, "request handling failed");
     crate::notify::json_response(

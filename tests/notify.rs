@@ -187,28 +187,37 @@ async fn slow_upstream_gives_504() {
     assert_eq!(answer.json()["error"], "upstream_timeout");
 }
 
+/// Sends notification 1 and drops it after 100 ms, while `queue` delays its reply by one
+/// second, then waits until the upstream has replied and returns the answer to notification 2.
+async fn abandon_then_resend<F, Fut>(queue: &MockServer, send: F) -> harness::Answer
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = harness::Answer>,
+{
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), send(1))
+            .await
+            .is_err(),
+        "the upstream replies after one second"
+    );
+    harness::wait_until(|| queue.count() == 1, "the upstream received the forward").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    send(2).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn producer_disconnect_still_commits_forward() {
     let queue = MockServer::start(|_| Reply::Delay(Duration::from_secs(1), 200, "{}".into())).await;
     let ekko = Ekko::start(&payload_policy(&queue.url())).await;
-    let body = cloudevent("e1", "1", person("Ada", "t1"));
-
-    // The producer gives up while the upstream is still answering.
     let (client, url) = (HttpClient::default(), ekko.url("/events"));
-    let post = client.post(&url, CE_JSON, body);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), post)
-            .await
-            .is_err(),
-        "the upstream answers after one second"
-    );
-    harness::wait_until(|| queue.count() == 1, "the upstream received the forward").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let again = cloudevent("e2", "1", person("Ada", "t2"));
-    let answer = HttpClient::default()
-        .post(&ekko.url("/events"), CE_JSON, again)
-        .await;
+    // Both notifications carry the same state; only the masked timestamp differs.
+    let answer = abandon_then_resend(&queue, |n| {
+        let body = cloudevent(&format!("e{n}"), "1", person("Ada", &format!("t{n}")));
+        client.post(&url, CE_JSON, body)
+    })
+    .await;
+
     assert_eq!(
         answer.decision(),
         "unchanged",
@@ -236,26 +245,17 @@ notifications:
     );
     let ekko = Ekko::start(&policy).await;
     let client = HttpClient::default();
-    let notify = || {
+
+    // A GET notification commits like a POST one, so it must not run inline like a read.
+    let answer = abandon_then_resend(&queue, |_| {
         let request = http::Request::get(ekko.url("/hooks/7"))
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"v":1}"#)))
             .unwrap();
         client.send(request)
-    };
+    })
+    .await;
 
-    // A GET notification is a write like a POST one: the producer gives up while the
-    // upstream is still answering, and the forward must still be committed.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), notify())
-            .await
-            .is_err(),
-        "the upstream answers after one second"
-    );
-    harness::wait_until(|| queue.count() == 1, "the upstream received the forward").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let answer = notify().await;
     assert_eq!(
         answer.decision(),
         "unchanged",

@@ -56,7 +56,7 @@ impl Message {
     }
 }
 
-/// Why a forwarded notification could not be turned into messages.
+/// Failure to turn a forwarded notification into AMQP messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     /// The body is not the JSON that its content mode needs.
@@ -272,6 +272,7 @@ pub fn unix_seconds(text: &str) -> Option<u64> {
     if !matches!(bytes[10], b'T' | b't' | b' ') || bytes[16] != b':' {
         return None;
     }
+
     let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
@@ -283,6 +284,8 @@ pub fn unix_seconds(text: &str) -> Option<u64> {
     {
         return None;
     }
+
+    // Fractional seconds are dropped, and the offset must be `Z` or `±hh:mm`.
     let rest = text[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
     let offset = match rest {
         "Z" | "z" => 0,
@@ -296,6 +299,7 @@ pub fn unix_seconds(text: &str) -> Option<u64> {
         }
         _ => return None,
     };
+
     let days = days_from_civil(year, month, day);
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
     u64::try_from(seconds).ok()

@@ -39,7 +39,7 @@ pub struct Published {
     pub returned: usize,
 }
 
-/// Why a publish failed. Nothing is committed after any of these, so the producer's retry
+/// Failure of a publish. Nothing is committed after any of these, so the producer's retry
 /// is forwarded again.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

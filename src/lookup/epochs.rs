@@ -6,10 +6,10 @@ use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Fewest slots: 64 Ki slots, 512 KiB.
+/// Minimum slot count: 64 Ki slots, 512 KiB.
 const MIN_SLOTS: usize = 1 << 16;
 
-/// Most slots: 16 Mi slots, 128 MiB.
+/// Maximum slot count: 16 Mi slots, 128 MiB.
 const MAX_SLOTS: usize = 1 << 24;
 
 /// Epochs of entities in a fixed array of slots, drawn from one global counter.
@@ -21,9 +21,9 @@ const MAX_SLOTS: usize = 1 << 24;
 /// Entities share slots by hash. A bump of one entity therefore also invalidates the
 /// entries of the entities that share its slot, which costs them one extra miss and never
 /// serves a stale response. The array has one slot per entity of `state.max_entities`
-/// (rounded up to a power of two), so with a million slots and 100 changes a second, an
-/// entry that lives 60 seconds is invalidated by an unrelated change with a chance of
-/// about 0.6 %.
+/// (rounded up to a power of two). By estimate, with a million slots and 100 changes a
+/// second, an entry that lives 60 seconds is lost to an unrelated change with a chance of
+/// 6,000 / 2^20, about 0.6 %.
 ///
 /// The array is allocated when the cache is created and costs 8 bytes per slot (8 MiB for
 /// the default million), whether entities change or not. A table of the entities that

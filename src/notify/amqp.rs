@@ -12,7 +12,7 @@ use crate::amqp::message;
 use crate::amqp::{Outgoing, Supervisor};
 use crate::policy::template::Template;
 
-/// Longest exchange name or routing key in bytes: both are AMQP short strings.
+/// Maximum length in bytes of an exchange name or routing key, which are AMQP short strings.
 const MAX_SHORT_STRING: usize = 255;
 
 impl Gateway {

@@ -153,11 +153,12 @@ impl Gateway {
     }
 
     /// Drops the state that only routes of `previous` missing from this gateway could use,
-    /// and returns how much: fingerprints made under fingerprint settings that no route in
-    /// force has, which could never be compared again, and cached lookups of lookup routes
-    /// that left the policy, which no request can reach. A route that returns later with the
-    /// same settings forwards each entity's next notification once, as after a restart
-    /// without a snapshot.
+    /// and returns how much was dropped.
+    ///
+    /// That is fingerprints made under fingerprint settings that no route in force has, which
+    /// could never be compared again, and cached lookups of removed lookup routes, which no
+    /// request can reach. A route that returns later with the same settings forwards each
+    /// entity's next notification once, as after a restart without a snapshot.
     pub fn drop_removed_routes_state(&self, previous: &Gateway) -> DroppedState {
         let live: std::collections::HashSet<u64> = self.routes.iter().map(|r| r.spec).collect();
         let fingerprints = if previous.routes.iter().any(|r| !live.contains(&r.spec)) {

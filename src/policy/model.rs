@@ -190,7 +190,7 @@ pub struct UpstreamConfig {
     pub amqp: Option<AmqpConfig>,
 }
 
-/// What a message returned by the broker as unroutable (`basic.return`) means.
+/// Outcome of a message that the broker returns as unroutable (`basic.return`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unroutable {
     /// The producer gets 502 and nothing is committed, so its retry is forwarded (the default).

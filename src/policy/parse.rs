@@ -740,7 +740,7 @@ impl Checker {
         })
     }
 
-    /// Builds an AMQP upstream. `authority` holds the broker's host and port, so log lines
+    /// Builds an AMQP upstream. `authority` contains the broker's host and port, so log lines
     /// name it like an HTTP upstream, and `timeout` is the confirm timeout.
     fn amqp_upstream_config(
         &mut self,
@@ -775,7 +775,7 @@ impl Checker {
     /// trailing slash.
     fn upstream_url(&mut self, field: &Field<'_>) -> Option<(Authority, String)> {
         let scalar = self.string(field, "an URL such as `http://127.0.0.1:8081`")?;
-        let shown = scalar.url_message_text();
+        let redacted_url = scalar.url_message_text();
         let result = split_upstream_url(&scalar.text);
         match result {
             Ok(parts) => Some(parts),
@@ -783,10 +783,10 @@ impl Checker {
                 let message = match err {
                     UrlProblem::Https => "`url` uses https, but ekko has no TLS client yet; terminate TLS in a sidecar and point `url` at its http address".to_owned(),
                     UrlProblem::UserInfo => "`url` contains user information (`user:password@`), which would leak into logs; send credentials with `headers`, such as `Authorization: \"Basic ${MQ_AUTH}\"`".to_owned(),
-                    UrlProblem::QueryOrFragment => format!("`url` must not have a query or fragment, got {shown}; send parameters with `headers`"),
-                    UrlProblem::Scheme => format!("`url` must start with `http://`, or `amqp://` for a RabbitMQ broker, got {shown}"),
-                    UrlProblem::Authority => format!("`url` has an invalid host or port, got {shown}; write it as `http://host:port/prefix`"),
-                    UrlProblem::Path => format!("`url` has an invalid path prefix, got {shown}; percent-encode special characters"),
+                    UrlProblem::QueryOrFragment => format!("`url` must not have a query or fragment, got {redacted_url}; send parameters with `headers`"),
+                    UrlProblem::Scheme => format!("`url` must start with `http://`, or `amqp://` for a RabbitMQ broker, got {redacted_url}"),
+                    UrlProblem::Authority => format!("`url` has an invalid host or port, got {redacted_url}; write it as `http://host:port/prefix`"),
+                    UrlProblem::Path => format!("`url` has an invalid path prefix, got {redacted_url}; percent-encode special characters"),
                 };
                 self.report_at(field, message);
                 None

@@ -195,6 +195,7 @@ impl<V> Shard<V> {
             node.last_used = stamp;
             return Some((std::mem::replace(&mut node.value, value), false));
         }
+
         if self.nodes.len() < self.capacity {
             let slot = self.nodes.len() as u32;
             self.nodes.push(Node {
@@ -208,6 +209,8 @@ impl<V> Shard<V> {
             self.push_newest(slot);
             return None;
         }
+
+        // Full: reuse the oldest node's slot for the new entry.
         let slot = self.oldest;
         self.unlink(slot);
         self.index_remove(slot);
@@ -342,7 +345,7 @@ impl<V: Clone> BoundedTable<V> {
     ///
     /// The table uses `min(16, max_entries)` shards. Shard `i` gets `max_entries / n`
     /// entries, and the first `max_entries % n` shards get one more. A shard contains at most
-    /// 2³² − 2 entries, so a bound above about 68 billion keeps fewer entries than it says.
+    /// 2³² − 2 entries, so a bound above about 68 billion keeps fewer entries than the bound.
     pub fn new(max_entries: NonZeroUsize) -> Self {
         Self::with_seed(max_entries, random_seed())
     }

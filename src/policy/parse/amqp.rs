@@ -98,6 +98,7 @@ fn split_amqp_url(url: &str) -> Result<BrokerAddress, AmqpUrlProblem> {
     if rest.contains(['?', '#']) {
         return Err(AmqpUrlProblem::QueryOrFragment);
     }
+
     let authority = Authority::from_str(authority).map_err(|_| AmqpUrlProblem::Authority)?;
     let host = authority.host();
     let host = host
@@ -109,6 +110,7 @@ fn split_amqp_url(url: &str) -> Result<BrokerAddress, AmqpUrlProblem> {
     if host.is_empty() || (has_port && port.is_none_or(|port| port == 0)) {
         return Err(AmqpUrlProblem::Authority);
     }
+
     let encoded = path.strip_prefix('/').unwrap_or(path);
     if encoded.contains('/') {
         return Err(AmqpUrlProblem::Vhost);
@@ -231,16 +233,16 @@ impl Checker {
 
     fn amqp_url(&mut self, field: &Field<'_>) -> Option<BrokerAddress> {
         let scalar = self.string(field, "an URL such as `amqp://127.0.0.1:5672/%2F`")?;
-        let shown = scalar.url_message_text();
+        let redacted_url = scalar.url_message_text();
         match split_amqp_url(&scalar.text) {
             Ok(address) => Some(address),
             Err(problem) => {
                 let message = match problem {
                     AmqpUrlProblem::Tls => "`url` uses amqps, but ekko has no TLS client yet; terminate TLS in a sidecar and point `url` at its amqp address".to_owned(),
                     AmqpUrlProblem::UserInfo => "`url` contains user information (`user:password@`), which would leak into logs; set `username` and `password` instead, such as `password: \"${EKKO_AMQP_PASSWORD}\"`".to_owned(),
-                    AmqpUrlProblem::QueryOrFragment => format!("`url` must not have a query or fragment, got {shown}; set `heartbeat` and `connect_timeout` as keys of the upstream"),
-                    AmqpUrlProblem::Authority => format!("`url` has an invalid host or port, got {shown}; write it as `amqp://host:port/vhost`"),
-                    AmqpUrlProblem::Vhost => format!("`url` has an invalid virtual host, got {shown}; write one path segment and percent-encode `/` as `%2F`"),
+                    AmqpUrlProblem::QueryOrFragment => format!("`url` must not have a query or fragment, got {redacted_url}; set `heartbeat` and `connect_timeout` as keys of the upstream"),
+                    AmqpUrlProblem::Authority => format!("`url` has an invalid host or port, got {redacted_url}; write it as `amqp://host:port/vhost`"),
+                    AmqpUrlProblem::Vhost => format!("`url` has an invalid virtual host, got {redacted_url}; write one path segment and percent-encode `/` as `%2F`"),
                 };
                 self.report_at(field, message);
                 None
