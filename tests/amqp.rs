@@ -686,16 +686,19 @@ fn amqp_upstream_defaults_fill_in() {
     assert!(policy.upstreams["api"].amqp.is_none());
 }
 
+/// Asserts that one of `found` contains `expected`, and lists them all when none does.
+fn assert_problem(found: &[String], expected: &str) {
+    assert!(
+        found.iter().any(|problem| problem.contains(expected)),
+        "no problem contains {expected:?}: {found:?}"
+    );
+}
+
 #[test]
 fn amqps_url_is_rejected() {
     let text = amqp_policy("", "").replace("amqp://", "amqps://");
     let found = problems(&text);
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("terminate TLS in a sidecar")),
-        "{found:?}"
-    );
+    assert_problem(&found, "terminate TLS in a sidecar");
 }
 
 #[test]
@@ -704,18 +707,8 @@ fn http_keys_on_amqp_are_rejected() {
         "    headers: { X-A: \"1\" }\n    timeout: 5s\n",
         "",
     ));
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`headers` applies only to http upstreams")),
-        "{found:?}"
-    );
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`timeout` applies only to http upstreams")),
-        "{found:?}"
-    );
+    assert_problem(&found, "`headers` applies only to http upstreams");
+    assert_problem(&found, "`timeout` applies only to http upstreams");
 }
 
 #[test]
@@ -725,32 +718,20 @@ fn amqp_keys_on_http_are_rejected() {
         "api: { url: \"http://127.0.0.1:8081\", exchange: hr }",
     );
     let found = problems(&text);
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`exchange` applies only to amqp upstreams")),
-        "{found:?}"
-    );
+    assert_problem(&found, "`exchange` applies only to amqp upstreams");
 }
 
 #[test]
 fn lookup_on_amqp_upstream_is_rejected() {
     let lookup = "lookups:\n  - name: people\n    match: { path: \"/people/{id}\" }\n    upstream: mq\n    entity: \"p/{id}\"\n";
     let found = problems(&format!("{}{lookup}", amqp_policy("", "")));
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("is an amqp upstream, but a lookup route reads over HTTP")),
-        "{found:?}"
+    assert_problem(
+        &found,
+        "is an amqp upstream, but a lookup route reads over HTTP",
     );
     let fingerprint = "    fingerprint: { lookup: { upstream: mq, path: \"/p/{subject}\" } }\n";
     let found = problems(&amqp_policy("", fingerprint));
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`fingerprint: lookup` reads over HTTP")),
-        "{found:?}"
-    );
+    assert_problem(&found, "`fingerprint: lookup` reads over HTTP");
 }
 
 #[test]
@@ -759,12 +740,7 @@ fn amqp_route_checks_template_fields() {
         "    routing_key: \"hr.{region}.{type}\"\n",
         "",
     ));
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`{region}`, which this route does not have")),
-        "{found:?}"
-    );
+    assert_problem(&found, "`{region}`, which this route does not have");
     let fits = problems(&amqp_policy(
         "    routing_key: \"hr.{tenant}.{type}\"\n",
         "",
@@ -777,18 +753,8 @@ fn amqp_route_rejects_publish_format() {
     let text = amqp_policy("", "    on_undecodable: forward\n")
         .replace("format: cloudevents", "format: rabbitmq-publish");
     let found = problems(&text);
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("format `rabbitmq-publish`")),
-        "{found:?}"
-    );
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`on_undecodable: forward` cannot work")),
-        "{found:?}"
-    );
+    assert_problem(&found, "format `rabbitmq-publish`");
+    assert_problem(&found, "`on_undecodable: forward` cannot work");
 }
 
 #[test]
@@ -798,30 +764,15 @@ fn amqp_credentials_are_never_echoed() {
         "",
     );
     let found = problems(&text);
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("is set without `username`")),
-        "{found:?}"
-    );
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`heartbeat` must be whole seconds")),
-        "{found:?}"
-    );
+    assert_problem(&found, "is set without `username`");
+    assert_problem(&found, "`heartbeat` must be whole seconds");
     assert!(
         found.iter().all(|p| !p.contains("s3cret-pass")),
         "{found:?}"
     );
     let userinfo = amqp_policy("", "").replace("amqp://", "amqp://ekko:s3cret-pass@");
     let found = problems(&userinfo);
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("contains user information")),
-        "{found:?}"
-    );
+    assert_problem(&found, "contains user information");
     assert!(
         found.iter().all(|p| !p.contains("s3cret-pass")),
         "{found:?}"
@@ -834,12 +785,7 @@ fn reconnect_bounds_must_be_ordered() {
         "    reconnect_min: 10s\n    reconnect_max: 1s\n",
         "",
     ));
-    assert!(
-        found
-            .iter()
-            .any(|p| p.contains("`reconnect_min` is longer than `reconnect_max`")),
-        "{found:?}"
-    );
+    assert_problem(&found, "`reconnect_min` is longer than `reconnect_max`");
 }
 
 /// Each URL contains user information and a second problem that the check may find first.
@@ -866,10 +812,7 @@ fn malformed_url_never_echoes_password() {
 fn unquoted_password_is_not_echoed() {
     let text = amqp_policy("    username: ekko\n    password: 731946\n", "");
     let found = problems(&text);
-    assert!(
-        found.iter().any(|p| p.contains("`password` must be")),
-        "{found:?}"
-    );
+    assert_problem(&found, "`password` must be");
     assert!(found.iter().all(|p| !p.contains("731946")), "{found:?}");
 }
 
